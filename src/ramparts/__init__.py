@@ -1,0 +1,1 @@
+"""Ramparts: red-team and harden machine-learning models."""

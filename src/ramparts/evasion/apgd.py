@@ -1,0 +1,140 @@
+"""Auto-PGD: PGD with momentum and a step size that halves itself when progress stalls.
+
+Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020. Losses: cross-entropy and the Difference of Logits Ratio (DLR),
+whose targeted form needs at least four classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import ClassVar, cast
+
+import torch
+from torch import Tensor
+
+from ramparts.criteria import Criterion
+from ramparts.errors import invalid
+from ramparts.evasion.base import AttackContext, EvasionAttack, register
+from ramparts.evasion.gradient import ascent_direction
+from ramparts.params import Interval, Options
+from ramparts.targets import WhiteBox
+from ramparts.threat import ThreatModel
+
+
+def dlr_loss(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
+    """Per-sample DLR to maximise: scale-invariant margin of the true class (or towards `targets`)."""
+    ranked = logits.sort(dim=1, descending=True).values
+    own = logits.gather(1, labels[:, None])[:, 0]
+    if targets is None:
+        others = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+        return -(own - others) / (ranked[:, 0] - ranked[:, 2] + 1e-12)
+    tgt = logits.gather(1, targets[:, None])[:, 0]
+    return -(own - tgt) / (ranked[:, 0] - 0.5 * (ranked[:, 2] + ranked[:, 3]) + 1e-12)
+
+
+def checkpoints(steps: int) -> set[int]:
+    """Iterations at which the step size may be halved: p0 = 0, p1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return {math.ceil(q * steps) for q in p[1:] if q <= 1}
+
+
+@register("apgd")
+class APGD(EvasionAttack):
+    """Auto-PGD (linf or l2) with the cross-entropy (`loss="ce"`) or DLR (`loss="dlr"`) loss.
+
+    Step size starts at 2 eps and halves at a checkpoint when fewer than `rho` of the steps since the
+    last checkpoint increased the loss, or when neither the step size nor the best loss changed; the
+    iterate then restarts from the best point. Momentum 0.75 as in the paper.
+    """
+
+    norms: ClassVar = ("linf", "l2")
+    constraints: ClassVar = {
+        "steps": Interval(int, 1, None),
+        "loss": Options(("ce", "dlr")),
+        "restarts": Interval(int, 1, None),
+        "rho": Interval(float, 0, 1, open_low=True, open_high=True),
+    }
+
+    def __init__(
+        self, *, steps: int = 100, loss: str = "ce", restarts: int = 1, rho: float = 0.75, random_start: bool = True
+    ) -> None:
+        self.steps = steps
+        self.loss = loss
+        self.restarts = restarts
+        self.rho = rho
+        self.random_start = random_start
+
+    def _check_threat(self, threat: ThreatModel) -> None:
+        super()._check_threat(threat)
+        if self.loss == "dlr" and threat.goal == "confidence":
+            raise invalid("loss", "dlr", "'ce' for goal='confidence' (DLR is a margin loss)", "use loss='ce'.")
+
+    def _objective(self, crit: Criterion) -> Callable[[Tensor], Tensor]:
+        if self.loss == "ce":
+            return crit.loss
+        return lambda logits: dlr_loss(logits, crit.labels, crit.targets)
+
+    def _run(self, ctx: AttackContext) -> None:
+        for _ in range(self.restarts):
+            idx = ctx.start_indices()
+            if len(idx) == 0:
+                return
+            self._attack(ctx, idx)
+
+    def _attack(self, ctx: AttackContext, idx: Tensor) -> None:
+        box = cast(WhiteBox, ctx.box)
+        threat = ctx.threat
+        crit = ctx.criterion[idx]
+        x0 = ctx.x[idx]
+        x = threat.random_start(x0, ctx.generator) if self.random_start else x0
+        logits, grad = box.value_and_grad(x, self._objective(crit), idx)
+        loss = self._objective(crit)(logits)
+        margin = crit.margin_from_logits(logits)
+        ctx.tracker.offer(idx, x, margin)
+        s = {
+            "idx": idx, "x0": x0, "x": x, "x_prev": x, "grad": grad, "loss": loss, "margin": margin,
+            "x_best": x, "grad_best": grad, "best": loss, "best_at_ckpt": loss,
+            "eta": torch.full_like(loss, 2 * threat.eps_value),
+            "increases": torch.zeros_like(loss), "reduced": torch.zeros_like(loss, dtype=torch.bool),
+        }
+        marks = checkpoints(self.steps)
+        last_mark = 0
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        for k in range(self.steps):
+            if ctx.early_stop:
+                keep = s["margin"] >= 0
+                if not bool(keep.all()):
+                    s = {key: value[keep] for key, value in s.items()}
+                    crit = crit[keep]
+                    if len(s["idx"]) == 0:
+                        return
+            x, eta = s["x"], s["eta"].view(shape)
+            z = threat.project(x + eta * ascent_direction(s["grad"], threat.norm), s["x0"])
+            x_new = z if k == 0 else threat.project(x + 0.75 * (z - x) + 0.25 * (x - s["x_prev"]), s["x0"])
+            logits, grad = box.value_and_grad(x_new, self._objective(crit), s["idx"])
+            loss = self._objective(crit)(logits)
+            s["margin"] = crit.margin_from_logits(logits)
+            ctx.tracker.offer(s["idx"], x_new, s["margin"])
+            s["increases"] = s["increases"] + (loss > s["loss"]).float()
+            improved = loss > s["best"]
+            s["x_best"] = torch.where(improved.view(shape), x_new, s["x_best"])
+            s["grad_best"] = torch.where(improved.view(shape), grad, s["grad_best"])
+            s["best"] = torch.where(improved, loss, s["best"])
+            s["x_prev"], s["x"], s["grad"], s["loss"] = x, x_new, grad, loss
+            if k + 1 in marks:
+                since = k + 1 - last_mark
+                stalled = s["increases"] < self.rho * since
+                flat = ~s["reduced"] & (s["best_at_ckpt"] >= s["best"])
+                halve = stalled | flat
+                s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
+                back = halve.view(shape)
+                s["x"] = torch.where(back, s["x_best"], s["x"])
+                s["x_prev"] = torch.where(back, s["x_best"], s["x_prev"])
+                s["grad"] = torch.where(back, s["grad_best"], s["grad"])
+                s["reduced"], s["best_at_ckpt"] = halve, s["best"].clone()
+                s["increases"] = torch.zeros_like(s["increases"])
+                last_mark = k + 1

@@ -1,0 +1,248 @@
+"""The evasion attack contract: one public `__call__`, defined here once, around each attack's `_run`.
+
+Following Foolbox 3 and scikit-learn: `__init__` only stores keyword hyperparameters; `__call__`
+validates everything, hands the attack a view of exactly the knowledge it declared, runs it, projects
+the output back into the threat model and recomputes success itself, so a faulty attack cannot report
+a false success.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, final
+
+import torch
+from torch import Tensor
+
+from ramparts.criteria import Criterion, resolve_targets
+from ramparts.errors import QueryBudgetExceeded, RampartsTypeError, invalid
+from ramparts.oracles import Oracle, as_oracle
+from ramparts.oracles.base import Knowledge
+from ramparts.params import HasParams
+from ramparts.registry import Registry
+from ramparts.results import EvasionResult
+from ramparts.targets import LabelBox, view_for
+from ramparts.threat import GOALS, NORMS, ThreatModel
+
+log = logging.getLogger(__name__)
+
+ATTACKS: Registry[type[EvasionAttack]] = Registry("attack")
+register = ATTACKS.register
+# Inputs may leave the bounds by this much (float round-off of upstream preprocessing).
+_BOUNDS_TOL = 1e-6
+
+
+class Tracker:
+    """Per-sample best adversarial so far, by signed margin (see `Criterion.margin`) or by distance.
+
+    `mode="margin"` keeps the lowest margin (fixed-budget attacks); `mode="distance"` keeps, among
+    successful candidates, the one closest to the original (minimum-norm attacks such as C&W).
+    """
+
+    def __init__(self, x: Tensor, margin: Tensor, threat: ThreatModel, mode: str = "margin") -> None:
+        self.x = x.clone()
+        self.margin = margin.clone()
+        self.threat = threat
+        self.mode = mode
+        self.distance = torch.zeros_like(margin)
+        self._x0 = x
+
+    @property
+    def success(self) -> Tensor:
+        return self.margin < 0
+
+    def offer(self, idx: Tensor, x_cand: Tensor, margin: Tensor) -> Tensor:
+        """Keep the candidates that beat the current best of their sample; returns which did."""
+        old = self.margin[idx]
+        if self.mode == "margin":
+            better = margin < old
+            dist = None
+        else:
+            dist = self.threat.distance(x_cand, self._x0[idx])
+            won, was_won = margin < 0, old < 0
+            better = (won & (~was_won | (dist < self.distance[idx]))) | (~won & ~was_won & (margin < old))
+        shape = (-1,) + (1,) * (x_cand.dim() - 1)
+        self.x[idx] = torch.where(better.view(shape), x_cand, self.x[idx])
+        self.margin[idx] = torch.where(better, margin, old)
+        if dist is not None:
+            self.distance[idx] = torch.where(better, dist, self.distance[idx])
+        return better
+
+    def pending(self) -> Tensor:
+        """Indices of the samples that have not yet reached the goal."""
+        return (~self.success).nonzero()[:, 0]
+
+
+@dataclass
+class AttackContext:
+    """Everything an attack's `_run` works with. `box` is the view of the declared knowledge."""
+
+    box: LabelBox
+    x: Tensor
+    criterion: Criterion
+    threat: ThreatModel
+    tracker: Tracker
+    generator: torch.Generator
+    early_stop: bool
+
+    def start_indices(self) -> Tensor:
+        """The samples to attack: all, or with early stopping only those not already won."""
+        if self.early_stop:
+            return self.tracker.pending()
+        return torch.arange(len(self.x), device=self.x.device)
+
+
+class EvasionAttack(HasParams):
+    """Base of every evasion attack. Subclasses set the class attributes and implement `_run`."""
+
+    name: ClassVar[str]
+    knowledge: ClassVar[Knowledge] = Knowledge.GRADIENT
+    norms: ClassVar[Sequence[str]] = NORMS
+    goals: ClassVar[Sequence[str]] = GOALS
+    target_rules: ClassVar[Sequence[str] | None] = None
+    tracking: ClassVar[str] = "margin"
+    minimizes_norm: ClassVar[bool] = False
+
+    @final
+    def __call__(
+        self,
+        target: Any,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        *,
+        targets: Tensor | None = None,
+        seed: int = 0,
+        max_queries: int | None = None,
+        early_stop: bool = True,
+    ) -> EvasionResult:
+        """Attack the batch `(x, y)` of `target` within `threat`; see the class docstring for the method.
+
+        `targets`: per-sample classes when `threat.target == "given"`. `max_queries`: per-sample budget
+        of queries (forward evaluations). `early_stop`: samples stop costing compute once they reach the
+        goal (on by default, as an evaluation wants).
+        """
+        self.validate_params()
+        if not isinstance(threat, ThreatModel):
+            raise invalid("threat", threat, "a ramparts.ThreatModel", cls=RampartsTypeError)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise invalid("seed", seed, "an integer", cls=RampartsTypeError)
+        self._check_threat(threat)
+        oracle = as_oracle(target, tuple(x.shape[1:]) if isinstance(x, Tensor) else None)
+        x, y = validate_batch(x, y, threat, oracle)
+        if oracle.knowledge < Knowledge.SCORE and threat.goal == "confidence":
+            raise invalid("threat.goal", "confidence", "untargeted or targeted for a label-only target")
+        generator = torch.Generator(device=oracle.device).manual_seed(seed)
+        with oracle.evaluating():
+            clean_lp, clean_pred = _privileged(oracle, x)
+            tgt = resolve_targets(threat, y, targets, clean_lp, oracle.num_classes, generator)
+            criterion = Criterion.build(threat, y, tgt, clean_lp)
+            if self.knowledge < Knowledge.SCORE and criterion.needs_scores:
+                raise invalid(
+                    "threat",
+                    threat.describe(),
+                    f"a goal decidable from labels for the label-only attack {self.name!r}",
+                    "drop min_target_confidence / the confidence goal, or use a score-based attack.",
+                )
+            start_margin = _margin(criterion, clean_lp, clean_pred)
+            tracker = Tracker(x, start_margin, threat, self.tracking)
+            box = view_for(oracle, self.knowledge, len(x), max_queries)
+            ctx = AttackContext(box, x, criterion, threat, tracker, generator, early_stop)
+            exhausted = False
+            t0 = time.perf_counter()
+            try:
+                self._run(ctx)
+            except QueryBudgetExceeded as err:
+                log.info("%s stopped: %s; keeping the best found so far", self.name, err)
+                exhausted = True
+            elapsed = time.perf_counter() - t0
+            x_adv = threat.project(tracker.x, x)
+            adv_lp, adv_pred = _privileged(oracle, x_adv)
+        success = _margin(criterion, adv_lp, adv_pred) < 0
+        return EvasionResult(
+            attack=self.name,
+            config=self.get_params(),
+            threat=threat.summary(),
+            seed=seed,
+            x_adv=x_adv,
+            labels=y,
+            targets=tgt,
+            success=success,
+            distance=threat.distance(x_adv, x),
+            clean_pred=clean_pred,
+            adv_pred=adv_pred,
+            clean_conf=None if clean_lp is None else clean_lp.amax(dim=1).exp(),
+            adv_conf=None if adv_lp is None else adv_lp.amax(dim=1).exp(),
+            queries=box.queries.clone(),
+            backwards=box.backwards.clone(),
+            elapsed_s=elapsed,
+            budget_exhausted=exhausted,
+        )
+
+    def _check_threat(self, threat: ThreatModel) -> None:
+        """Reject a norm, goal or target rule the attack's paper does not cover."""
+        if threat.norm not in self.norms:
+            raise invalid("threat.norm", threat.norm, f"one of {', '.join(self.norms)} for {self.name!r}")
+        if threat.goal not in self.goals:
+            raise invalid("threat.goal", threat.goal, f"one of {', '.join(self.goals)} for {self.name!r}")
+        if self.target_rules is not None and threat.target not in self.target_rules:
+            raise invalid(
+                "threat.target",
+                threat.target,
+                f"one of {', '.join(self.target_rules)} for {self.name!r}",
+                f"use ThreatModel(goal='targeted', target={self.target_rules[0]!r}).",
+            )
+
+    @abstractmethod
+    def _run(self, ctx: AttackContext) -> None:
+        """Search for adversarial examples, offering candidates to `ctx.tracker`."""
+
+
+def _privileged(oracle: Oracle, x: Tensor) -> tuple[Tensor | None, Tensor]:
+    """The evaluator's own look at the model (not counted against the attack's budget)."""
+    if oracle.knowledge >= Knowledge.SCORE:
+        lp = oracle.log_probs(x)
+        return lp, lp.argmax(dim=1)
+    return None, oracle.labels(x)
+
+
+def _margin(criterion: Criterion, log_probs: Tensor | None, pred: Tensor) -> Tensor:
+    if log_probs is not None:
+        return criterion.margin(log_probs)
+    return criterion.label_margin(pred)
+
+
+def validate_batch(x: Any, y: Any, threat: ThreatModel, oracle: Oracle) -> tuple[Tensor, Tensor]:
+    """Check inputs and labels at the boundary; returns them on the model's device."""
+    if not isinstance(x, Tensor):
+        raise invalid("x", type(x).__name__, "a torch.Tensor", "convert with torch.as_tensor(x).", cls=RampartsTypeError)
+    if not isinstance(y, Tensor):
+        raise invalid("y", type(y).__name__, "a torch.Tensor of class indices", "use torch.as_tensor(y).", cls=RampartsTypeError)
+    if x.dtype != torch.float32:
+        raise invalid("x", f"dtype {x.dtype}", "dtype torch.float32", "convert with x.float().", cls=RampartsTypeError)
+    if x.dim() < 2 or len(x) == 0:
+        raise invalid("x", f"shape {tuple(x.shape)}", "a non-empty batch (N, ...) such as (N, C, H, W)")
+    if oracle.input_shape is not None and tuple(x.shape[1:]) != tuple(oracle.input_shape):
+        raise invalid("x", f"shape {tuple(x.shape)}", f"(N, {', '.join(map(str, oracle.input_shape))})")
+    if not bool(torch.isfinite(x).all()):
+        raise invalid("x", "NaN or Inf values", "finite values", "clean the inputs before attacking.")
+    lo, hi = threat.bounds
+    x_min, x_max = float(x.min()), float(x.max())
+    if x_min < lo - _BOUNDS_TOL or x_max > hi + _BOUNDS_TOL:
+        raise invalid(
+            "x",
+            f"values in [{x_min:g}, {x_max:g}]",
+            f"values inside threat.bounds {threat.bounds}",
+            "scale inputs to the bounds (normalisation belongs inside the model wrapper: TorchOracle(mean=, std=)).",
+        )
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise invalid("y", f"dtype {y.dtype}", "an integer tensor of class indices", "use y.long().", cls=RampartsTypeError)
+    if y.shape != (len(x),):
+        raise invalid("y", f"shape {tuple(y.shape)}", f"shape ({len(x)},): one label per input")
+    if bool(((y < 0) | (y >= oracle.num_classes)).any()):
+        raise invalid("y", f"labels in [{int(y.min())}, {int(y.max())}]", f"labels in [0, {oracle.num_classes})")
+    return x.to(oracle.device), y.to(oracle.device, torch.int64)

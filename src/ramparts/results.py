@@ -1,0 +1,77 @@
+"""Typed, frozen results: one per family, each with `summary() -> dict` (JSON-ready)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+
+def _mean(t: Tensor) -> float | None:
+    return float(t.float().mean()) if t.numel() else None
+
+
+@dataclass(frozen=True)
+class EvasionResult:
+    """The outcome of one evasion attack on one batch.
+
+    Tensors are per sample and live on the model's device. `success` was recomputed by the base
+    class from the projected `x_adv`, never taken from the attack. `adv_conf`/`clean_conf` are the
+    probability of the predicted class (None for a label-only target).
+    """
+
+    attack: str
+    config: dict[str, Any]
+    threat: dict[str, Any]
+    seed: int
+    x_adv: Tensor
+    labels: Tensor
+    targets: Tensor | None
+    success: Tensor
+    distance: Tensor
+    clean_pred: Tensor
+    adv_pred: Tensor
+    clean_conf: Tensor | None
+    adv_conf: Tensor | None
+    queries: Tensor
+    backwards: Tensor
+    elapsed_s: float
+    budget_exhausted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float((self.clean_pred == self.labels).float().mean())
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Fraction still classified correctly after the attack."""
+        return float((self.adv_pred == self.labels).float().mean())
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean())
+
+    def summary(self) -> dict[str, Any]:
+        won = self.success
+        return {
+            "attack": self.attack,
+            "config": self.config,
+            "threat": self.threat,
+            "seed": self.seed,
+            "n": len(self),
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "success_rate": self.success_rate,
+            "mean_distance_success": _mean(self.distance[won]),
+            "mean_queries": _mean(self.queries),
+            "total_forwards": int(self.queries.sum()),
+            "total_backwards": int(self.backwards.sum()),
+            "elapsed_s": self.elapsed_s,
+            "budget_exhausted": self.budget_exhausted,
+            **self.extra,
+        }

@@ -1,0 +1,145 @@
+"""Access levels over a model: `WhiteBox` > `ScoreBox` > `LabelBox`.
+
+An attack declares the knowledge it needs and is handed exactly that view. A view counts, per sample,
+every query (forward evaluation) and every backward pass, and raises `QueryBudgetExceeded` before a
+query that would take any sample past its budget. The views hold the model only inside a closure and
+expose no attribute that reaches it: a label-only attack cannot read scores or gradients by accident.
+Outputs are detached: no autograd graph leads back into the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ramparts.errors import AccessError, QueryBudgetExceeded, invalid
+from ramparts.oracles.base import Knowledge, Oracle
+
+LossFn = Callable[[Tensor], Tensor]
+
+
+class LabelBox:
+    """Label-only access: `labels(x, idx)` returns predicted classes and nothing else."""
+
+    __slots__ = ("_ask_labels", "backwards", "budget", "forwards", "num_classes")
+
+    def __init__(self, oracle: Oracle, n: int, budget: int | None = None) -> None:
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise invalid("max_queries", budget, "an integer >= 1 or None", "give at least one query per sample.")
+        self.budget = budget
+        self.num_classes = oracle.num_classes
+        self.forwards = torch.zeros(n, dtype=torch.int64, device=oracle.device)
+        self.backwards = torch.zeros(n, dtype=torch.int64, device=oracle.device)
+        self._ask_labels = _closure(oracle.labels)
+
+    @property
+    def queries(self) -> Tensor:
+        """Per-sample number of queries so far (every forward evaluation counts one)."""
+        return self.forwards
+
+    def remaining(self, idx: Tensor | None = None) -> Tensor | None:
+        """Queries left per sample (None without a budget)."""
+        if self.budget is None:
+            return None
+        used = self.forwards if idx is None else self.forwards[idx]
+        return self.budget - used
+
+    def _charge(self, x: Tensor, idx: Tensor | None, backward: bool = False) -> None:
+        n = len(self.forwards)
+        if idx is None:
+            if len(x) != n:
+                raise invalid("idx", None, f"sample indices for a sub-batch of {len(x)} out of {n}")
+            if self.budget is not None and bool((self.forwards + 1 > self.budget).any()):
+                raise QueryBudgetExceeded(f"query budget of {self.budget} per sample reached")
+            self.forwards += 1
+            if backward:
+                self.backwards += 1
+            return
+        if len(idx) != len(x):
+            raise invalid("idx", len(idx), f"one index per row of x ({len(x)})")
+        if self.budget is not None:
+            need = torch.bincount(idx, minlength=n)
+            if bool((self.forwards + need > self.budget).any()):
+                raise QueryBudgetExceeded(f"query budget of {self.budget} per sample reached")
+        ones = torch.ones_like(idx)
+        self.forwards.index_add_(0, idx, ones)
+        if backward:
+            self.backwards.index_add_(0, idx, ones)
+
+    def labels(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
+        """Predicted classes of `x`; `idx` names the batch samples the rows belong to (repeats allowed)."""
+        self._charge(x, idx)
+        return self._ask_labels(x.detach())
+
+
+class ScoreBox(LabelBox):
+    """Score access: class log-probabilities (no gradients), plus labels."""
+
+    __slots__ = ("_ask_log_probs",)
+
+    def __init__(self, oracle: Oracle, n: int, budget: int | None = None) -> None:
+        super().__init__(oracle, n, budget)
+        self._ask_log_probs = _closure(oracle.log_probs)
+
+    def log_probs(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
+        self._charge(x, idx)
+        return self._ask_log_probs(x.detach()).detach()
+
+    def scores(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
+        """Class probabilities."""
+        return self.log_probs(x, idx).exp()
+
+
+class WhiteBox(ScoreBox):
+    """Full access: logits and gradients of a per-sample loss of the logits."""
+
+    __slots__ = ("_ask_logits",)
+
+    def __init__(self, oracle: Oracle, n: int, budget: int | None = None) -> None:
+        super().__init__(oracle, n, budget)
+        self._ask_logits = _closure(oracle.logits)
+
+    def logits(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
+        self._charge(x, idx)
+        with torch.no_grad():
+            return self._ask_logits(x.detach())
+
+    def value_and_grad(self, x: Tensor, loss_fn: LossFn, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Logits at `x` and the gradient of `loss_fn(logits).sum()` w.r.t. `x` (one forward + one backward)."""
+        self._charge(x, idx, backward=True)
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self._ask_logits(x)
+            (grad,) = torch.autograd.grad(loss_fn(logits).sum(), x)
+        return logits.detach(), grad
+
+
+View = LabelBox
+
+_VIEWS: dict[Knowledge, type[LabelBox]] = {
+    Knowledge.LABEL: LabelBox,
+    Knowledge.SCORE: ScoreBox,
+    Knowledge.GRADIENT: WhiteBox,
+}
+
+
+def view_for(oracle: Oracle, knowledge: Knowledge, n: int, budget: int | None = None) -> LabelBox:
+    """The view of exactly `knowledge` over `oracle`, for a batch of `n` samples."""
+    if oracle.knowledge < knowledge:
+        raise AccessError(
+            f"target: the attack needs {knowledge.name.lower()} access but the target offers only "
+            f"{oracle.knowledge.name.lower()}. Fix: choose an attack that needs at most "
+            f"{oracle.knowledge.name.lower()} access (see `ramparts attack --help`)."
+        )
+    return _VIEWS[knowledge](oracle, n, budget)
+
+
+def _closure(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """Wrap a bound method so the view keeps no attribute pointing at the oracle."""
+
+    def call(x: Tensor) -> Tensor:
+        return fn(x)
+
+    return call

@@ -1,0 +1,467 @@
+"""One training loop for every kind of training (plain, adversarial, distillation, DP), with checkpoints.
+
+Later features extend :func:`train` through ``loss_hook(model, x, y) -> loss`` (how one batch's loss
+is computed) instead of copying the loop. The whole dataset is moved to the device once; batches are
+index slices, with no numpy in the loop.
+
+Determinism: shuffling uses a ``torch.Generator`` seeded with ``config.seed``, and the global RNG
+(dropout, random starts in a hook) is seeded with ``config.seed`` inside a forked RNG scope, so the
+caller's RNG is untouched. Initialising the weights (``torch.manual_seed`` before building the model)
+is the caller's job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from ramparts.data import Dataset
+from ramparts.errors import RampartsTypeError, invalid, unknown
+from ramparts.zoo import load_weights, save_weights
+
+__all__ = [
+    "OPTIMIZERS",
+    "EpochStats",
+    "LossHook",
+    "TrainConfig",
+    "TrainReport",
+    "cross_entropy_loss",
+    "evaluate",
+    "make_optimizer",
+    "predict_logits",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+LossHook = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(model, x, y) -> scalar loss`` for one training batch; the model is in training mode."""
+
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+_CHECKPOINT = re.compile(r"^epoch-(\d+)\.state\.pt$")
+# Config fields that may change between a run and its resumption.
+_RESUMABLE_CHANGES = frozenset({"epochs", "device"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of :func:`train`; ``momentum`` is for SGD only; ``device="auto"`` prefers CUDA."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise invalid(name, value, f"an integer >= {minimum}")
+        for name in ("lr", "weight_decay", "momentum"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise invalid(name, value, "a finite number", cls=RampartsTypeError)
+        if self.lr <= 0:
+            raise invalid("lr", self.lr, "a learning rate > 0", "try 1e-3 for adam or 0.05 for sgd")
+        if self.weight_decay < 0:
+            raise invalid("weight_decay", self.weight_decay, "a value >= 0")
+        if not 0 <= self.momentum < 1:
+            raise invalid("momentum", self.momentum, "a value in [0, 1)")
+        if self.optimizer not in OPTIMIZERS:
+            raise unknown("optimizer", self.optimizer, OPTIMIZERS)
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise invalid("device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+
+    def resolve_device(self) -> torch.device:
+        """The device to train on: ``device``, or CUDA when available for ``"auto"``."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What one epoch measured; accuracies are in eval mode on clean inputs, ``val_acc`` None without val."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_acc: float | None
+    seconds: float
+
+
+@dataclass
+class TrainReport:
+    """Per-epoch history of a :func:`train` run; ``resumed_from``: the checkpoint epoch it resumed, or 0."""
+
+    config: TrainConfig
+    history: list[EpochStats] = field(default_factory=list)
+    resumed_from: int = 0
+
+    @property
+    def train_loss(self) -> list[float]:
+        """Mean training loss per epoch."""
+        return [e.train_loss for e in self.history]
+
+    @property
+    def train_acc(self) -> list[float]:
+        """Training accuracy per epoch."""
+        return [e.train_acc for e in self.history]
+
+    @property
+    def val_acc(self) -> list[float | None]:
+        """Validation accuracy per epoch (None without a validation set)."""
+        return [e.val_acc for e in self.history]
+
+    @property
+    def seconds(self) -> list[float]:
+        """Wall-clock seconds per epoch."""
+        return [e.seconds for e in self.history]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary: config, final metrics and the per-epoch history."""
+        last = self.history[-1] if self.history else None
+        return {
+            "config": self.config.to_dict(),
+            "epochs_done": len(self.history),
+            "resumed_from": self.resumed_from,
+            "final_train_loss": last.train_loss if last else None,
+            "final_train_acc": last.train_acc if last else None,
+            "final_val_acc": last.val_acc if last else None,
+            "total_seconds": sum(self.seconds),
+            "history": [dataclasses.asdict(e) for e in self.history],
+        }
+
+
+def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The default :data:`LossHook`: mean cross-entropy of the model's logits."""
+    return F.cross_entropy(model(x), y)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer ``config`` names, over the model's parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train(
+    model: nn.Module,
+    train: Dataset,
+    *,
+    config: TrainConfig | None = None,
+    val: Dataset | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    loss_hook: LossHook | None = None,
+) -> TrainReport:
+    """Train ``model`` in place on ``train``; returns the per-epoch report, model left in eval mode.
+
+    With ``checkpoint_dir``, each epoch's weights (safetensors) and optimizer/RNG state are saved
+    there, and a later call with the same config resumes from the last one, giving the same final
+    weights as an uninterrupted run. ``loss_hook(model, x, y)`` replaces the batch loss
+    (default :func:`cross_entropy_loss`).
+    """
+    config = config or TrainConfig()
+    device = config.resolve_device()
+    _check_inputs(model, train, val)
+    model.to(device)
+    _check_output(model, train, device)
+    hook = loss_hook or cross_entropy_loss
+    x, y = train.x.to(device), train.y.to(device)
+    optimizer = make_optimizer(model, config)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    report = TrainReport(config=config)
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    forked = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
+    with torch.random.fork_rng(devices=forked):
+        _seed_global(config.seed, device)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            report.resumed_from = _resume(folder, model, optimizer, shuffle, device, report)
+        steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        with _progress_bar(progress) as bar:
+            task = bar.add_task(
+                "training",
+                total=steps_per_epoch * config.epochs,
+                completed=steps_per_epoch * report.resumed_from,
+            )
+            for epoch in range(report.resumed_from + 1, config.epochs + 1):
+                bar.update(task, description=f"epoch {epoch}/{config.epochs}")
+                start = time.perf_counter()
+                loss = _train_epoch(
+                    model, x, y, optimizer, shuffle, config.batch_size, hook, lambda: bar.advance(task)
+                )
+                stats = EpochStats(
+                    epoch=epoch,
+                    train_loss=loss,
+                    train_acc=_accuracy(model, x, y, 512),
+                    val_acc=evaluate(model, val, device=device) if val is not None else None,
+                    seconds=time.perf_counter() - start,
+                )
+                report.history.append(stats)
+                logger.info(
+                    "epoch %d/%d loss=%.4f train_acc=%.4f val_acc=%s (%.1fs)",
+                    epoch,
+                    config.epochs,
+                    stats.train_loss,
+                    stats.train_acc,
+                    "-" if stats.val_acc is None else f"{stats.val_acc:.4f}",
+                    stats.seconds,
+                )
+                if folder is not None:
+                    _save_checkpoint(folder, epoch, model, optimizer, shuffle, device, report)
+    model.eval()
+    return report
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    x: torch.Tensor | Dataset,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Logits for ``x`` (a tensor or a Dataset) in eval mode, in batches, on ``device``.
+
+    ``device`` defaults to the model's device; when given, the model is moved there.
+    """
+    inputs = x.x if isinstance(x, Dataset) else x
+    if not isinstance(inputs, torch.Tensor):
+        raise invalid("x", type(inputs).__name__, "a torch.Tensor or a Dataset", cls=RampartsTypeError)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise invalid("batch_size", batch_size, "an integer >= 1")
+    dev = _model_device(model) if device is None else torch.device(device)
+    model.to(dev)
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = [model(inputs[i : i + batch_size].to(dev)) for i in range(0, inputs.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0, device=dev)
+
+
+def evaluate(
+    model: nn.Module, ds: Dataset, *, batch_size: int = 512, device: str | torch.device | None = None
+) -> float:
+    """Accuracy of ``model`` on ``ds`` (eval mode, batched)."""
+    if not isinstance(ds, Dataset):
+        raise invalid("ds", type(ds).__name__, "a ramparts.data.Dataset", cls=RampartsTypeError)
+    logits = predict_logits(model, ds.x, batch_size=batch_size, device=device)
+    return float((logits.argmax(dim=1) == ds.y.to(logits.device)).float().mean())
+
+
+def _train_epoch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    shuffle: torch.Generator,
+    batch_size: int,
+    hook: LossHook,
+    on_step: Callable[[], None],
+) -> float:
+    """One pass over (x, y) in a fresh shuffled order; returns the mean batch loss weighted by batch size."""
+    model.train()
+    n = x.shape[0]
+    order = torch.randperm(n, generator=shuffle).to(x.device)
+    total = torch.zeros((), device=x.device)
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        loss = hook(model, x[idx], y[idx])
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise invalid(
+                "loss_hook", loss, "a scalar loss tensor", "return loss.mean()", cls=RampartsTypeError
+            )
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * idx.numel()
+        on_step()
+    mean = float(total) / n
+    if not math.isfinite(mean):
+        raise invalid("lr", optimizer.param_groups[0]["lr"], "a learning rate at which the loss stays finite")
+    return mean
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    logits = predict_logits(model, x, batch_size=batch_size, device=x.device)
+    return float((logits.argmax(dim=1) == y).float().mean())
+
+
+def _check_inputs(model: nn.Module, train: Dataset, val: Dataset | None) -> None:
+    if not isinstance(model, nn.Module):
+        raise invalid("model", type(model).__name__, "a torch.nn.Module", cls=RampartsTypeError)
+    for name, ds in (("train", train), ("val", val)):
+        if ds is not None and not isinstance(ds, Dataset):
+            raise invalid(name, type(ds).__name__, "a ramparts.data.Dataset", cls=RampartsTypeError)
+    if val is not None and (val.input_shape != train.input_shape or val.num_classes != train.num_classes):
+        raise invalid(
+            "val",
+            (val.input_shape, val.num_classes),
+            f"the train set's input shape {train.input_shape} and {train.num_classes} classes",
+        )
+
+
+def _check_output(model: nn.Module, train: Dataset, device: torch.device) -> None:
+    logits = predict_logits(model, train.x[:1], device=device)
+    if logits.shape != (1, train.num_classes):
+        raise invalid(
+            "model",
+            f"output shape {tuple(logits.shape)} for one input",
+            f"logits of shape (1, {train.num_classes}) for {train.num_classes} classes",
+            "build the model with num_classes matching the dataset",
+        )
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _seed_global(seed: int, device: torch.device) -> None:
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Progress]:
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not (enabled and console.is_terminal),
+    ) as bar:
+        yield bar
+
+
+def _checkpoint_paths(folder: Path, epoch: int) -> tuple[Path, Path]:
+    stem = f"epoch-{epoch:04d}"
+    return folder / f"{stem}.safetensors", folder / f"{stem}.state.pt"
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _save_checkpoint(
+    folder: Path,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    shuffle: torch.Generator,
+    device: torch.device,
+    report: TrainReport,
+) -> None:
+    """Write this epoch's weights, then its state (the state file marks the checkpoint complete)."""
+    weights, state_file = _checkpoint_paths(folder, epoch)
+    tmp = weights.with_name(weights.name + ".tmp")
+    save_weights(model, tmp, {"epoch": str(epoch)})
+    os.replace(tmp, weights)
+    state = {
+        "epoch": epoch,
+        "optimizer": optimizer.state_dict(),
+        "shuffle_rng": shuffle.get_state(),
+        "global_rng": _rng_state(device),
+        "config": report.config.to_dict(),
+        "history": [dataclasses.asdict(e) for e in report.history],
+    }
+    tmp = state_file.with_name(state_file.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, state_file)
+    for old in range(1, epoch):
+        for path in _checkpoint_paths(folder, old):
+            path.unlink(missing_ok=True)
+    logger.debug("checkpoint for epoch %d written to %s", epoch, folder)
+
+
+def _resume(
+    folder: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    shuffle: torch.Generator,
+    device: torch.device,
+    report: TrainReport,
+) -> int:
+    """Restore the latest complete checkpoint in ``folder``; returns its epoch (0 when there is none)."""
+    done = sorted(
+        int(m.group(1)) for p in folder.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_file()
+    )
+    done = [e for e in done if _checkpoint_paths(folder, e)[0].is_file()]
+    if not done:
+        return 0
+    epoch = done[-1]
+    weights, state_file = _checkpoint_paths(folder, epoch)
+    state = torch.load(state_file, map_location="cpu", weights_only=True)
+    config = report.config
+    saved = state["config"]
+    current = config.to_dict()
+    changed = sorted(k for k, v in current.items() if k not in _RESUMABLE_CHANGES and saved.get(k) != v)
+    if changed:
+        was = {k: saved.get(k) for k in changed}
+        raise invalid(
+            "config",
+            {k: current[k] for k in changed},
+            f"the values the checkpoint in {folder} was trained with: {was}",
+            "use the original config, or a fresh checkpoint_dir",
+        )
+    if epoch > config.epochs:
+        raise invalid(
+            "epochs",
+            config.epochs,
+            f"at least {epoch}, the epochs already done by the checkpoint in {folder}",
+            "raise epochs, or use a fresh checkpoint_dir",
+        )
+    load_weights(model, weights)
+    optimizer.load_state_dict(state["optimizer"])
+    shuffle.set_state(state["shuffle_rng"])
+    torch.set_rng_state(state["global_rng"]["cpu"])
+    if device.type == "cuda" and "cuda" in state["global_rng"]:
+        torch.cuda.set_rng_state(state["global_rng"]["cuda"], device)
+    report.history = [EpochStats(**e) for e in state["history"]]
+    logger.info("resumed from epoch %d checkpoint in %s", epoch, folder)
+    return epoch

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ramparts.errors import RampartsTypeError, invalid, unknown
+from ramparts.errors import RampartsTypeError, ValidationError, invalid, unknown
 
 __all__ = [
     "ARCHITECTURES",
@@ -448,11 +448,9 @@ def _check_same_layout(
                 "shape mismatch "
                 + _few([f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong])
             )
-        raise invalid(
-            "weights",
-            "; ".join(details),
-            f"exactly the tensors of {what}",
-            "use the architecture and config the weights were trained with",
+        raise ValidationError(
+            f"weights: expected exactly the tensors of {what}, got {'; '.join(details)}. "
+            "Fix: use the architecture and config the weights were trained with."
         )
 
 

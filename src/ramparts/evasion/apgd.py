@@ -46,6 +46,9 @@ def checkpoints(steps: int) -> set[int]:
 class APGD(EvasionAttack):
     """Auto-PGD (linf or l2) with the cross-entropy (`loss="ce"`) or DLR (`loss="dlr"`) loss.
 
+    Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+    parameter-free attacks", ICML 2020.
+
     Step size starts at 2 eps and halves at a checkpoint when fewer than `rho` of the steps since the
     last checkpoint increased the loss, or when neither the step size nor the best loss changed; the
     iterate then restarts from the best point. Momentum 0.75 as in the paper.

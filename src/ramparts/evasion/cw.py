@@ -31,6 +31,8 @@ def cw_objective(logits: Tensor, crit: Criterion, kappa: float) -> Tensor:
 class CarliniWagnerL2(EvasionAttack):
     """C&W-L2: minimise ||x' - x||^2 + c f(x') over x' = tanh-box(w) with Adam, binary search on c.
 
+    Carlini & Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017.
+
     Each sample has its own constant c; the search halves the interval when the sample succeeded in a
     round and multiplies c by 10 otherwise. With early stopping (the paper's "abort early"), a sample
     leaves a round once its loss stops decreasing. The best (smallest successful) point within the

@@ -1,0 +1,203 @@
+"""The contract every registered evasion attack honours (like scikit-learn's estimator checks)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from ramparts.errors import RampartsError, RampartsTypeError, UnknownNameError, ValidationError
+from ramparts.evasion import ATTACKS, AttackContext, EvasionAttack
+from ramparts.threat import ThreatModel
+
+from .conftest import Trained
+
+# Small settings so the whole contract runs in seconds. Every registered attack must appear here.
+FAST: dict[str, dict[str, Any]] = {
+    "fgsm": {},
+    "bim": {"steps": 5, "step_size": 0.03},
+    "ill": {"steps": 5, "step_size": 0.08},
+    "mifgsm": {"steps": 5},
+    "pgd": {"steps": 5, "restarts": 2},
+    "apgd": {"steps": 8},
+    "cw": {"steps": 10, "binary_search_steps": 2},
+}
+ITERATIVE = {"bim", "ill", "mifgsm", "pgd", "apgd", "cw"}
+
+
+def make(name: str) -> EvasionAttack:
+    return ATTACKS.get(name)(**FAST[name])
+
+
+def threat_for(name: str, eps: float | None = None) -> ThreatModel:
+    cls = ATTACKS.get(name)
+    norm = cls.norms[0]
+    if "untargeted" in cls.goals:
+        return ThreatModel(norm=norm, eps=eps or (0.1 if norm == "linf" else 1.0))
+    eps = max(eps or 0.0, 0.3 if norm == "linf" else 2.0)  # a targeted goal needs a larger budget
+    return ThreatModel(norm=norm, eps=eps, goal="targeted", target=(cls.target_rules or ["random"])[0])
+
+
+def test_every_registered_attack_is_covered() -> None:
+    assert set(ATTACKS.names()) == set(FAST)
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_docstring_cites_a_paper(name: str) -> None:
+    doc = ATTACKS.get(name).__doc__ or ""
+    assert any(str(year) in doc for year in range(2013, 2026)), f"{name} docstring cites no paper"
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_init_only_stores(name: str) -> None:
+    attack = make(name)
+    assert attack.get_params() == {**ATTACKS.get(name)().get_params(), **FAST[name]}
+    assert repr(attack).startswith(type(attack).__name__)
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_result_respects_threat_and_success_is_honest(name: str, digits_model: Trained) -> None:
+    threat = threat_for(name)
+    result = make(name)(digits_model.oracle, digits_model.x, digits_model.y, threat)
+    assert result.x_adv.shape == digits_model.x.shape
+    assert bool(threat.contains(result.x_adv, digits_model.x).all())
+    lo, hi = threat.bounds
+    assert float(result.x_adv.min()) >= lo and float(result.x_adv.max()) <= hi
+    # Success recomputed here from the model itself agrees with the result.
+    pred = digits_model.model(result.x_adv).argmax(dim=1)
+    expected = pred != digits_model.y if result.targets is None else pred == result.targets
+    assert torch.equal(result.success, expected)
+    assert torch.equal(result.adv_pred, pred)
+    assert result.success.any(), f"{name} found no adversarial example at all"
+    assert int(result.queries.min()) >= 1
+    summary = result.summary()
+    assert summary["attack"] == name and 0.0 <= summary["success_rate"] <= 1.0
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_deterministic_under_seed(name: str, digits_model: Trained) -> None:
+    threat = threat_for(name)
+    a = make(name)(digits_model.oracle, digits_model.x, digits_model.y, threat, seed=3)
+    b = make(name)(digits_model.oracle, digits_model.x, digits_model.y, threat, seed=3)
+    assert torch.equal(a.x_adv, b.x_adv)
+    assert torch.equal(a.queries, b.queries)
+
+
+@pytest.mark.parametrize("name", sorted(ITERATIVE))
+def test_budget_is_enforced(name: str, digits_model: Trained) -> None:
+    result = make(name)(digits_model.oracle, digits_model.x, digits_model.y, threat_for(name), max_queries=3)
+    assert int(result.queries.max()) <= 3
+    assert result.budget_exhausted
+    assert bool(threat_for(name).contains(result.x_adv, digits_model.x).all())
+
+
+@pytest.mark.parametrize("name", sorted(ITERATIVE - {"cw"}))
+def test_early_stop_saves_compute(name: str, digits_model: Trained) -> None:
+    threat = threat_for(name, eps=0.2)
+    on = make(name)(digits_model.oracle, digits_model.x, digits_model.y, threat, early_stop=True)
+    off = make(name)(digits_model.oracle, digits_model.x, digits_model.y, threat, early_stop=False)
+    assert int(on.backwards.sum()) < int(off.backwards.sum())
+    # Stopping at success can only lose samples that a later step would have flipped back: none here.
+    assert on.success_rate >= off.success_rate - 0.05
+
+
+def test_clean_misclassified_samples_cost_nothing(digits_model: Trained) -> None:
+    # Attack with a wrong label for the first sample: it is already "adversarial" at the start.
+    y = digits_model.y.clone()
+    y[0] = (y[0] + 1) % 10
+    result = ATTACKS.get("pgd")(steps=5)(digits_model.oracle, digits_model.x, y, ThreatModel(eps=0.05))
+    assert bool(result.success[0]) and int(result.backwards[0]) == 0
+    assert torch.equal(result.x_adv[0], digits_model.x[0])
+
+
+class _Liar(EvasionAttack):
+    """A faulty attack (2017): claims success on points outside the ball."""
+
+    norms: ClassVar = ("linf",)
+
+    def _run(self, ctx: AttackContext) -> None:
+        idx = torch.arange(len(ctx.x))
+        junk = torch.rand(ctx.x.shape, generator=ctx.generator) * 10
+        ctx.tracker.offer(idx, junk, torch.full((len(idx),), -1.0))
+
+
+def test_base_class_projects_and_recomputes(digits_model: Trained) -> None:
+    _Liar.name = "liar"
+    threat = ThreatModel(eps=0.01)
+    result = _Liar()(digits_model.oracle, digits_model.x, digits_model.y, threat)
+    assert bool(threat.contains(result.x_adv, digits_model.x).all())
+    pred = digits_model.model(result.x_adv).argmax(dim=1)
+    assert torch.equal(result.success, pred != digits_model.y)
+    assert result.success_rate < 0.5  # the liar claimed 100%
+
+
+def _bad_inputs(t: Trained) -> list[tuple[dict[str, Any], type[Exception], str]]:
+    x, y = t.x, t.y
+    nan = x.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    inf = x.clone()
+    inf[1, 0, 2, 2] = float("inf")
+    return [
+        ({"x": nan}, ValidationError, "NaN"),
+        ({"x": inf}, ValidationError, "NaN or Inf"),
+        ({"x": x * 2 + 0.5}, ValidationError, "bounds"),
+        ({"x": x.double()}, RampartsTypeError, "float32"),
+        ({"x": x[:, :, :4]}, ValidationError, "shape"),
+        ({"x": x.numpy()}, RampartsTypeError, "torch.Tensor"),
+        ({"x": x[:0], "y": y[:0]}, ValidationError, "non-empty"),
+        ({"y": y + 10}, ValidationError, "labels in"),
+        ({"y": y[:-1]}, ValidationError, "one label per input"),
+        ({"y": y.float()}, RampartsTypeError, "integer"),
+        ({"max_queries": 0}, ValidationError, "max_queries"),
+        ({"seed": "1"}, RampartsTypeError, "seed"),
+        ({"threat": "linf"}, RampartsTypeError, "ThreatModel"),
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_bad_inputs_are_rejected_with_clear_errors(name: str, digits_model: Trained) -> None:
+    attack = make(name)
+    base = {"x": digits_model.x, "y": digits_model.y, "threat": threat_for(name)}
+    for change, error, text in _bad_inputs(digits_model):
+        args = {**base, **change}
+        extra = {k: args.pop(k) for k in ("max_queries", "seed") if k in args}
+        with pytest.raises(error, match=text) as info:
+            attack(digits_model.oracle, args["x"], args["y"], args["threat"], **extra)
+        message = str(info.value)
+        assert "expected" in message, message
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_unsupported_norm_or_goal_is_refused(name: str, digits_model: Trained) -> None:
+    cls = ATTACKS.get(name)
+    other_norms = [n for n in ("linf", "l2", "l0") if n not in cls.norms]
+    for norm in other_norms:
+        with pytest.raises(ValidationError, match="threat.norm"):
+            make(name)(digits_model.oracle, digits_model.x, digits_model.y, ThreatModel(norm=norm, eps=1))
+    if "confidence" not in cls.goals:
+        threat = ThreatModel(norm=cls.norms[0], eps=0.5, goal="confidence", max_true_confidence=0.5)
+        with pytest.raises(ValidationError, match="threat.goal"):
+            make(name)(digits_model.oracle, digits_model.x, digits_model.y, threat)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "param"),
+    [
+        ("pgd", {"steps": 0}, "steps"),
+        ("pgd", {"step_size": -1.0}, "step_size"),
+        ("pgd", {"loss": "hinge"}, "loss"),
+        ("apgd", {"rho": 1.5}, "rho"),
+        ("cw", {"lr": 0.0}, "lr"),
+        ("bim", {"steps": 2.5}, "steps"),
+    ],
+)
+def test_bad_hyperparameters(name: str, params: dict[str, Any], param: str, digits_model: Trained) -> None:
+    attack = ATTACKS.get(name)(**params)  # __init__ only stores
+    with pytest.raises(RampartsError, match=param):
+        attack(digits_model.oracle, digits_model.x, digits_model.y, threat_for(name))
+
+
+def test_unknown_attack_lists_the_registry() -> None:
+    with pytest.raises(UnknownNameError, match="pgd"):
+        ATTACKS.get("deepfool2")

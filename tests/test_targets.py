@@ -21,14 +21,16 @@ def test_label_box_offers_labels_only(digits_model: Trained) -> None:
     with pytest.raises(AttributeError):
         box.__dict__  # noqa: B018  (slots: no instance dictionary to hide a model in)
     out = box.labels(digits_model.x.requires_grad_(True))
-    assert out.dtype == torch.int64 and out.grad_fn is None
+    assert out.dtype == torch.int64
+    assert out.grad_fn is None
     digits_model.x.requires_grad_(False)
 
 
 def test_score_box_has_no_gradients(digits_model: Trained) -> None:
     box = view_for(digits_model.oracle, Knowledge.SCORE, len(digits_model.x))
     assert type(box) is ScoreBox
-    assert not hasattr(box, "value_and_grad") and not hasattr(box, "logits")
+    assert not hasattr(box, "value_and_grad")
+    assert not hasattr(box, "logits")
     x = digits_model.x.clone().requires_grad_(True)
     probs = box.scores(x)
     assert probs.grad_fn is None
@@ -45,7 +47,8 @@ def test_white_box_gradient_matches_autograd(digits_model: Trained) -> None:
     assert xr.grad is not None
     assert torch.allclose(grad, xr.grad, atol=1e-6)
     assert torch.allclose(logits, digits_model.model(x).detach(), atol=1e-6)
-    assert box.forwards.tolist() == [1] * len(x) and box.backwards.tolist() == [1] * len(x)
+    assert box.forwards.tolist() == [1] * len(x)
+    assert box.backwards.tolist() == [1] * len(x)
 
 
 def test_per_sample_counting_with_indices(digits_model: Trained) -> None:
@@ -66,7 +69,8 @@ def test_budget_stops_before_exceeding(digits_model: Trained) -> None:
         box.labels(x)
     assert box.queries.tolist() == [2, 1, 1]  # the refused query was not counted
     box.labels(x[1:], torch.tensor([1, 2]))
-    assert box.remaining() is not None and box.remaining().tolist() == [0, 0, 0]  # type: ignore[union-attr]
+    assert box.remaining() is not None
+    assert box.remaining().tolist() == [0, 0, 0]
 
 
 @pytest.mark.parametrize("budget", [0, -3, 2.5, True])
@@ -92,4 +96,6 @@ def test_access_beyond_the_oracle_is_refused(digits_model: Trained) -> None:
     with pytest.raises(AccessError, match="score"):
         view_for(label_only, Knowledge.SCORE, 3)
     box = view_for(oracle, Knowledge.SCORE, len(flat))
-    assert torch.allclose(box.scores(digits_model.x), torch.from_numpy(clf.predict_proba(flat)).float(), atol=1e-6)
+    assert torch.allclose(
+        box.scores(digits_model.x), torch.from_numpy(clf.predict_proba(flat)).float(), atol=1e-6
+    )

@@ -101,7 +101,8 @@ def test_projection_lands_in_ball_and_bounds(case: tuple[ThreatModel, torch.Tens
     threat, x_adv, x = case
     p = threat.project(x_adv, x)
     assert bool(threat.contains(p, x).all())
-    assert float(p.min()) >= threat.bounds[0] and float(p.max()) <= threat.bounds[1]
+    assert float(p.min()) >= threat.bounds[0]
+    assert float(p.max()) <= threat.bounds[1]
 
 
 @settings(max_examples=100, deadline=None)
@@ -156,7 +157,8 @@ def test_l0_counts_a_pixel_once_across_channels() -> None:
     assert threat.distance(x_adv, x).item() == 3
     p = threat.project(x_adv, x)
     assert threat.distance(p, x).item() == 2
-    assert p[0, 0, 2, 2] == pytest.approx(0.9) and p[0, 1, 3, 0] == 0  # kept the largest changes
+    assert p[0, 0, 2, 2] == pytest.approx(0.9)
+    assert p[0, 1, 3, 0] == 0
 
 
 def test_random_start_inside() -> None:

@@ -40,7 +40,9 @@ class Criterion:
         log_max_true = None
         if threat.goal == "confidence":
             if threat.max_true_confidence is not None:
-                log_max_true = labels.new_full(labels.shape, math.log(threat.max_true_confidence), dtype=torch.float32)
+                log_max_true = labels.new_full(
+                    labels.shape, math.log(threat.max_true_confidence), dtype=torch.float32
+                )
             else:
                 if clean_log_probs is None:
                     raise invalid("goal", "confidence", "scores of the model for a confidence margin")
@@ -94,7 +96,9 @@ class Criterion:
     def reached_labels(self, predicted: Tensor) -> Tensor:
         """Success from labels only (untargeted or targeted without a confidence level)."""
         if self.needs_scores:
-            raise invalid("goal", self.goal, "a goal decidable from labels", "use a score or gradient target.")
+            raise invalid(
+                "goal", self.goal, "a goal decidable from labels", "use a score or gradient target."
+            )
         if self.targets is None:
             return predicted != self.labels
         return predicted == self.targets
@@ -126,7 +130,9 @@ def resolve_targets(
     rule = threat.target
     if rule == "given":
         if given is None:
-            raise invalid("targets", None, "a tensor of target classes for target='given'", "pass targets=...")
+            raise invalid(
+                "targets", None, "a tensor of target classes for target='given'", "pass targets=..."
+            )
         if given.shape != labels.shape or given.dtype not in (torch.int64, torch.int32):
             raise invalid("targets", tuple(given.shape), f"an integer tensor of shape {tuple(labels.shape)}")
         given = given.to(labels.device, torch.int64)
@@ -136,7 +142,9 @@ def resolve_targets(
             raise invalid("targets", "a target equal to the true label", "targets different from labels y")
         return given
     if given is not None:
-        raise invalid("targets", "a tensor", f"None for target={rule!r}", "use target='given' to pass targets.")
+        raise invalid(
+            "targets", "a tensor", f"None for target={rule!r}", "use target='given' to pass targets."
+        )
     if rule == "random":
         shift = torch.randint(1, num_classes, labels.shape, generator=generator, device=labels.device)
         return (labels + shift) % num_classes

@@ -26,7 +26,7 @@ class AccessError(RampartsError, TypeError):
     """An attack asked for more knowledge of the model than the target offers."""
 
 
-class QueryBudgetExceeded(RampartsError, RuntimeError):
+class QueryBudgetExceeded(RampartsError, RuntimeError):  # noqa: N818 (the name DESIGN.md uses)
     """A view reached its query budget; the attack stops and keeps its best result so far."""
 
 
@@ -49,8 +49,7 @@ def unknown(param: str, given: Any, allowed: Iterable[str]) -> UnknownNameError:
     """Build an error for a name outside a registry, listing the names the registry holds."""
     names = sorted(allowed)
     return UnknownNameError(
-        f"{param}: unknown name {given!r}. Allowed: {', '.join(names)}. "
-        f"Fix: pass one of the allowed names."
+        f"{param}: unknown name {given!r}. Allowed: {', '.join(names)}. Fix: pass one of the allowed names."
     )
 
 

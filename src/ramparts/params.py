@@ -6,7 +6,7 @@ import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ramparts.errors import RampartsTypeError, invalid
 
@@ -63,7 +63,7 @@ Constraint = Interval | Options
 class HasParams:
     """sklearn-style parameters: `__init__` only stores keyword arguments; `get_params` reads them back."""
 
-    constraints: Mapping[str, Constraint] = {}
+    constraints: ClassVar[Mapping[str, Constraint]] = {}
 
     @classmethod
     def param_names(cls) -> list[str]:

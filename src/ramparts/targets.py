@@ -27,7 +27,9 @@ class LabelBox:
 
     def __init__(self, oracle: Oracle, n: int, budget: int | None = None) -> None:
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-            raise invalid("max_queries", budget, "an integer >= 1 or None", "give at least one query per sample.")
+            raise invalid(
+                "max_queries", budget, "an integer >= 1 or None", "give at least one query per sample."
+            )
         self.budget = budget
         self.num_classes = oracle.num_classes
         self.forwards = torch.zeros(n, dtype=torch.int64, device=oracle.device)

@@ -58,7 +58,10 @@ def parse_eps(eps: float | int | str, *, norm: str, bounds: tuple[float, float],
         return float(eps)
     except ValueError:
         raise invalid(
-            "eps", eps, "a number, a fraction 'a/b' or pixel units 'Npx'", "write e.g. '0.3', '8/255' or '5px'."
+            "eps",
+            eps,
+            "a number, a fraction 'a/b' or pixel units 'Npx'",
+            "write e.g. '0.3', '8/255' or '5px'.",
         ) from None
 
 
@@ -115,7 +118,9 @@ class ThreatModel:
         b = self.bounds
         ok = isinstance(b, tuple | list) and len(b) == 2 and all(isinstance(v, int | float) for v in b)
         if not ok or not (math.isfinite(b[0]) and math.isfinite(b[1]) and b[0] < b[1]):
-            raise invalid("bounds", b, "a pair (low, high) of finite numbers with low < high", "use (0.0, 1.0).")
+            raise invalid(
+                "bounds", b, "a pair (low, high) of finite numbers with low < high", "use (0.0, 1.0)."
+            )
         return float(b[0]), float(b[1])
 
     def _check_goal(self) -> None:
@@ -238,7 +243,9 @@ class ThreatModel:
             radius = self.eps_value * u.pow(1.0 / d)
             delta = direction * radius.view(-1, *([1] * (x.dim() - 1)))
         else:
-            raise invalid("norm", self.norm, "linf or l2 for a random start", "use random_start=False for l0.")
+            raise invalid(
+                "norm", self.norm, "linf or l2 for a random start", "use random_start=False for l0."
+            )
         return (x + delta).clamp(*self.bounds)
 
 
@@ -256,16 +263,10 @@ def _changed_pixels(delta: Tensor) -> Tensor:
 
 def _keep_top_pixels(delta: Tensor, k: int) -> Tensor:
     """Zero all but the k pixels with the largest change (pixel magnitude = max over channels)."""
-    if delta.dim() == 4:
-        magnitude = delta.abs().amax(dim=1).flatten(1)
-    else:
-        magnitude = delta.abs().flatten(1)
+    magnitude = delta.abs().amax(dim=1).flatten(1) if delta.dim() == 4 else delta.abs().flatten(1)
     k = min(k, magnitude.shape[1])
     keep = torch.zeros_like(magnitude, dtype=torch.bool)
     keep.scatter_(1, magnitude.topk(k, dim=1).indices, True)
     keep &= magnitude > 0
-    if delta.dim() == 4:
-        mask = keep.view(delta.shape[0], 1, *delta.shape[2:])
-    else:
-        mask = keep.view(delta.shape)
+    mask = keep.view(delta.shape[0], 1, *delta.shape[2:]) if delta.dim() == 4 else keep.view(delta.shape)
     return delta * mask

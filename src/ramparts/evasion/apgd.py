@@ -7,7 +7,6 @@ whose targeted form needs at least four classes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import ClassVar, cast
 
@@ -35,11 +34,18 @@ def dlr_loss(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> T
 
 
 def checkpoints(steps: int) -> set[int]:
-    """Iterations at which the step size may be halved: p0 = 0, p1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
-    p = [0.0, 0.22]
-    while p[-1] < 1:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return {math.ceil(q * steps) for q in p[1:] if q <= 1}
+    """Iterations at which the step size may be halved: intervals of 0.22 N, shrinking by 0.03 N to at least 0.06 N.
+
+    These are the paper's p_j = p_{j-1} + max(p_{j-1} - p_{j-2} - 0.03, 0.06), p_1 = 0.22, counted in
+    whole iterations (22, 41, 57, 70, ... for N = 100).
+    """
+    first, shrink, least = (max(int(f * steps), 1) for f in (0.22, 0.03, 0.06))
+    marks, at, interval = set(), 0, first
+    while at + interval <= steps:
+        at += interval
+        marks.add(at)
+        interval = max(interval - shrink, least)
+    return marks
 
 
 @register("apgd")
@@ -63,7 +69,13 @@ class APGD(EvasionAttack):
     }
 
     def __init__(
-        self, *, steps: int = 100, loss: str = "ce", restarts: int = 1, rho: float = 0.75, random_start: bool = True
+        self,
+        *,
+        steps: int = 100,
+        loss: str = "ce",
+        restarts: int = 1,
+        rho: float = 0.75,
+        random_start: bool = True,
     ) -> None:
         self.steps = steps
         self.loss = loss
@@ -74,7 +86,9 @@ class APGD(EvasionAttack):
     def _check_threat(self, threat: ThreatModel) -> None:
         super()._check_threat(threat)
         if self.loss == "dlr" and threat.goal == "confidence":
-            raise invalid("loss", "dlr", "'ce' for goal='confidence' (DLR is a margin loss)", "use loss='ce'.")
+            raise invalid(
+                "loss", "dlr", "'ce' for goal='confidence' (DLR is a margin loss)", "use loss='ce'."
+            )
 
     def _objective(self, crit: Criterion) -> Callable[[Tensor], Tensor]:
         if self.loss == "ce":
@@ -99,10 +113,20 @@ class APGD(EvasionAttack):
         margin = crit.margin_from_logits(logits)
         ctx.tracker.offer(idx, x, margin)
         s = {
-            "idx": idx, "x0": x0, "x": x, "x_prev": x, "grad": grad, "loss": loss, "margin": margin,
-            "x_best": x, "grad_best": grad, "best": loss, "best_at_ckpt": loss,
+            "idx": idx,
+            "x0": x0,
+            "x": x,
+            "x_prev": x,
+            "grad": grad,
+            "loss": loss,
+            "margin": margin,
+            "x_best": x,
+            "grad_best": grad,
+            "best": loss,
+            "best_at_ckpt": loss,
             "eta": torch.full_like(loss, 2 * threat.eps_value),
-            "increases": torch.zeros_like(loss), "reduced": torch.zeros_like(loss, dtype=torch.bool),
+            "increases": torch.zeros_like(loss),
+            "reduced": torch.zeros_like(loss, dtype=torch.bool),
         }
         marks = checkpoints(self.steps)
         last_mark = 0

@@ -219,11 +219,21 @@ def _margin(criterion: Criterion, log_probs: Tensor | None, pred: Tensor) -> Ten
 def validate_batch(x: Any, y: Any, threat: ThreatModel, oracle: Oracle) -> tuple[Tensor, Tensor]:
     """Check inputs and labels at the boundary; returns them on the model's device."""
     if not isinstance(x, Tensor):
-        raise invalid("x", type(x).__name__, "a torch.Tensor", "convert with torch.as_tensor(x).", cls=RampartsTypeError)
+        raise invalid(
+            "x", type(x).__name__, "a torch.Tensor", "convert with torch.as_tensor(x).", cls=RampartsTypeError
+        )
     if not isinstance(y, Tensor):
-        raise invalid("y", type(y).__name__, "a torch.Tensor of class indices", "use torch.as_tensor(y).", cls=RampartsTypeError)
+        raise invalid(
+            "y",
+            type(y).__name__,
+            "a torch.Tensor of class indices",
+            "use torch.as_tensor(y).",
+            cls=RampartsTypeError,
+        )
     if x.dtype != torch.float32:
-        raise invalid("x", f"dtype {x.dtype}", "dtype torch.float32", "convert with x.float().", cls=RampartsTypeError)
+        raise invalid(
+            "x", f"dtype {x.dtype}", "dtype torch.float32", "convert with x.float().", cls=RampartsTypeError
+        )
     if x.dim() < 2 or len(x) == 0:
         raise invalid("x", f"shape {tuple(x.shape)}", "a non-empty batch (N, ...) such as (N, C, H, W)")
     if oracle.input_shape is not None and tuple(x.shape[1:]) != tuple(oracle.input_shape):
@@ -240,9 +250,17 @@ def validate_batch(x: Any, y: Any, threat: ThreatModel, oracle: Oracle) -> tuple
             "scale inputs to the bounds (normalisation belongs inside the model wrapper: TorchOracle(mean=, std=)).",
         )
     if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise invalid("y", f"dtype {y.dtype}", "an integer tensor of class indices", "use y.long().", cls=RampartsTypeError)
+        raise invalid(
+            "y",
+            f"dtype {y.dtype}",
+            "an integer tensor of class indices",
+            "use y.long().",
+            cls=RampartsTypeError,
+        )
     if y.shape != (len(x),):
         raise invalid("y", f"shape {tuple(y.shape)}", f"shape ({len(x)},): one label per input")
     if bool(((y < 0) | (y >= oracle.num_classes)).any()):
-        raise invalid("y", f"labels in [{int(y.min())}, {int(y.max())}]", f"labels in [0, {oracle.num_classes})")
+        raise invalid(
+            "y", f"labels in [{int(y.min())}, {int(y.max())}]", f"labels in [0, {oracle.num_classes})"
+        )
     return x.to(oracle.device), y.to(oracle.device, torch.int64)

@@ -5,6 +5,7 @@ Carlini & Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S
 
 from __future__ import annotations
 
+from functools import partial
 from typing import ClassVar, cast
 
 import torch
@@ -18,13 +19,13 @@ from ramparts.targets import WhiteBox
 _UNBOUNDED = 1e10
 
 
-def cw_objective(logits: Tensor, crit: Criterion, kappa: float) -> Tensor:
-    """The paper's f6 on logits: max(Z_y - max_{j!=y} Z_j, -kappa), or its targeted mirror."""
+def cw_objective(logits: Tensor, crit: Criterion, kappa: float, const: Tensor | float = 1.0) -> Tensor:
+    """The paper's f6 on logits, c * max(Z_y - max_{j!=y} Z_j, -kappa), or its targeted mirror."""
     cls = crit.labels if crit.targets is None else crit.targets
     own = logits.gather(1, cls[:, None])[:, 0]
     others = logits.scatter(1, cls[:, None], float("-inf")).amax(dim=1)
     gap = own - others if crit.targets is None else others - own
-    return gap.clamp_min(-kappa)
+    return const * gap.clamp_min(-kappa)
 
 
 @register("cw")
@@ -95,14 +96,12 @@ class CarliniWagnerL2(EvasionAttack):
         prev = torch.full((len(idx),), float("inf"), device=x0.device)
         alive = idx
         crit, c, x_orig = ctx.criterion, const, x0
-        shape = (-1,) + (1,) * (x0.dim() - 1)
         check_every = max(1, self.steps // 10)
         for step in range(1, self.steps + 1):
             tw = torch.tanh(w)
             x = lo + half * (tw + 1)
-            logits, grad_f = box.value_and_grad(
-                x, lambda z, crit=crit, c=c: c * cw_objective(z, crit, self.kappa), alive
-            )
+            weighted = partial(cw_objective, crit=crit, kappa=self.kappa, const=c)
+            logits, grad_f = box.value_and_grad(x, weighted, alive)
             dist = (x - x_orig).flatten(1).pow(2).sum(dim=1)
             margin = crit.margin_from_logits(logits)
             ctx.tracker.offer(alive, x, margin)

@@ -174,7 +174,9 @@ class MIFGSM(EvasionAttack):
         idx = ctx.start_indices()
         step = self.step_size or ctx.threat.eps_value / self.steps
         if len(idx):
-            iterate(ctx, ctx.x[idx], idx, steps=self.steps, step_size=step, loss=self.loss, momentum=self.decay)
+            iterate(
+                ctx, ctx.x[idx], idx, steps=self.steps, step_size=step, loss=self.loss, momentum=self.decay
+            )
 
 
 @register("pgd")

@@ -23,4 +23,6 @@ def as_oracle(target: Any, input_shape: tuple[int, ...] | None = None) -> Oracle
         return TorchOracle(target, input_shape=input_shape)
     if hasattr(target, "predict"):
         return SklearnOracle(target, input_shape=input_shape)
-    raise invalid("target", target, "an Oracle, a TorchOracle-wrapped module or an estimator", cls=RampartsTypeError)
+    raise invalid(
+        "target", target, "an Oracle, a TorchOracle-wrapped module or an estimator", cls=RampartsTypeError
+    )

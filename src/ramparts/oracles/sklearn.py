@@ -31,7 +31,9 @@ class SklearnOracle(Oracle):
     ) -> None:
         if not hasattr(estimator, "predict"):
             raise invalid(
-                "estimator", estimator, "an object with predict() (and ideally predict_proba())",
+                "estimator",
+                estimator,
+                "an object with predict() (and ideally predict_proba())",
                 cls=RampartsTypeError,
             )
         self.estimator = estimator
@@ -45,7 +47,9 @@ class SklearnOracle(Oracle):
                 raise invalid("num_classes", None, "an integer (the estimator has no classes_)")
             num_classes = len(classes)
         if classes is not None and not np.array_equal(np.asarray(classes), np.arange(len(classes))):
-            raise invalid("estimator.classes_", classes, "the classes 0..K-1", "refit with integer labels 0..K-1.")
+            raise invalid(
+                "estimator.classes_", classes, "the classes 0..K-1", "refit with integer labels 0..K-1."
+            )
         self.num_classes = num_classes
 
     def _numpy(self, x: Tensor) -> np.ndarray:

@@ -60,7 +60,10 @@ class TorchOracle(Oracle):
     def _probe_classes(self) -> int:
         if self.input_shape is None:
             raise invalid(
-                "num_classes", None, "an integer, or input_shape so that it can be probed", "pass num_classes=10."
+                "num_classes",
+                None,
+                "an integer, or input_shape so that it can be probed",
+                "pass num_classes=10.",
             )
         with self.evaluating(), torch.no_grad():
             out = self.model(self._normalise(torch.zeros(1, *self.input_shape, device=self.device)))

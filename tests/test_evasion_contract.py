@@ -204,3 +204,11 @@ def test_bad_hyperparameters(name: str, params: dict[str, Any], param: str, digi
 def test_unknown_attack_lists_the_registry() -> None:
     with pytest.raises(UnknownNameError, match="pgd"):
         ATTACKS.get("deepfool2")
+
+
+def test_budget_beyond_the_domain_is_refused(digits_model: Trained) -> None:
+    # Digits are 8x8 in [0, 1]: the l2 diameter is 8.
+    with pytest.raises(ValidationError, match="diameter"):
+        ATTACKS.get("pgd")()(
+            digits_model.oracle, digits_model.x, digits_model.y, ThreatModel(norm="l2", eps=9.0)
+        )

@@ -88,7 +88,11 @@ class Criterion:
         return m
 
     def margin_from_logits(self, logits: Tensor) -> Tensor:
-        return self.margin(logits.log_softmax(dim=1))
+        """`margin` from logits; differences of logits equal those of log-probabilities, so the
+        normalisation is skipped where only differences enter (untargeted, plain targeted)."""
+        if self.needs_scores:
+            return self.margin(logits.log_softmax(dim=1))
+        return self.margin(logits)
 
     def reached(self, log_probs: Tensor) -> Tensor:
         return self.margin(log_probs) < 0

@@ -23,7 +23,15 @@ LossFn = Callable[[Tensor], Tensor]
 class LabelBox:
     """Label-only access: `labels(x, idx)` returns predicted classes and nothing else."""
 
-    __slots__ = ("_ask_labels", "backwards", "budget", "forwards", "num_classes")
+    __slots__ = (
+        "_ask_labels",
+        "_backwards",
+        "_forwards",
+        "_whole_backwards",
+        "_whole_calls",
+        "budget",
+        "num_classes",
+    )
 
     def __init__(self, oracle: Oracle, n: int, budget: int | None = None) -> None:
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
@@ -32,9 +40,22 @@ class LabelBox:
             )
         self.budget = budget
         self.num_classes = oracle.num_classes
-        self.forwards = torch.zeros(n, dtype=torch.int64, device=oracle.device)
-        self.backwards = torch.zeros(n, dtype=torch.int64, device=oracle.device)
+        # Calls on the whole batch are counted in Python (no kernel per step); sub-batches per sample.
+        self._whole_calls = 0
+        self._whole_backwards = 0
+        self._forwards = torch.zeros(n, dtype=torch.int64, device=oracle.device)
+        self._backwards = torch.zeros(n, dtype=torch.int64, device=oracle.device)
         self._ask_labels = _closure(oracle.labels)
+
+    @property
+    def forwards(self) -> Tensor:
+        """Per-sample number of forward evaluations so far."""
+        return self._forwards + self._whole_calls
+
+    @property
+    def backwards(self) -> Tensor:
+        """Per-sample number of backward passes so far."""
+        return self._backwards + self._whole_backwards
 
     @property
     def queries(self) -> Tensor:
@@ -49,15 +70,14 @@ class LabelBox:
         return self.budget - used
 
     def _charge(self, x: Tensor, idx: Tensor | None, backward: bool = False) -> None:
-        n = len(self.forwards)
+        n = len(self._forwards)
         if idx is None:
             if len(x) != n:
                 raise invalid("idx", None, f"sample indices for a sub-batch of {len(x)} out of {n}")
             if self.budget is not None and bool((self.forwards + 1 > self.budget).any()):
                 raise QueryBudgetExceeded(f"query budget of {self.budget} per sample reached")
-            self.forwards += 1
-            if backward:
-                self.backwards += 1
+            self._whole_calls += 1
+            self._whole_backwards += int(backward)
             return
         if len(idx) != len(x):
             raise invalid("idx", len(idx), f"one index per row of x ({len(x)})")
@@ -66,9 +86,9 @@ class LabelBox:
             if bool((self.forwards + need > self.budget).any()):
                 raise QueryBudgetExceeded(f"query budget of {self.budget} per sample reached")
         ones = torch.ones_like(idx)
-        self.forwards.index_add_(0, idx, ones)
+        self._forwards.index_add_(0, idx, ones)
         if backward:
-            self.backwards.index_add_(0, idx, ones)
+            self._backwards.index_add_(0, idx, ones)
 
     def labels(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
         """Predicted classes of `x`; `idx` names the batch samples the rows belong to (repeats allowed)."""

@@ -108,10 +108,11 @@ class APGD(EvasionAttack):
         crit = ctx.criterion[idx]
         x0 = ctx.x[idx]
         x = threat.random_start(x0, ctx.generator) if self.random_start else x0
-        logits, grad = box.value_and_grad(x, self._objective(crit), idx)
+        rows = None if len(idx) == len(ctx.x) else idx  # whole batch: views and tracker skip gathers
+        logits, grad = box.value_and_grad(x, self._objective(crit), rows)
         loss = self._objective(crit)(logits)
         margin = crit.margin_from_logits(logits)
-        ctx.tracker.offer(idx, x, margin)
+        ctx.tracker.offer(rows, x, margin)
         s = {
             "idx": idx,
             "x0": x0,
@@ -136,16 +137,16 @@ class APGD(EvasionAttack):
                 keep = s["margin"] >= 0
                 if not bool(keep.all()):
                     s = {key: value[keep] for key, value in s.items()}
-                    crit = crit[keep]
+                    crit, rows = crit[keep], s["idx"]
                     if len(s["idx"]) == 0:
                         return
             x, eta = s["x"], s["eta"].view(shape)
             z = threat.project(x + eta * ascent_direction(s["grad"], threat.norm), s["x0"])
             x_new = z if k == 0 else threat.project(x + 0.75 * (z - x) + 0.25 * (x - s["x_prev"]), s["x0"])
-            logits, grad = box.value_and_grad(x_new, self._objective(crit), s["idx"])
+            logits, grad = box.value_and_grad(x_new, self._objective(crit), rows)
             loss = self._objective(crit)(logits)
             s["margin"] = crit.margin_from_logits(logits)
-            ctx.tracker.offer(s["idx"], x_new, s["margin"])
+            ctx.tracker.offer(rows, x_new, s["margin"])
             s["increases"] = s["increases"] + (loss > s["loss"]).float()
             improved = loss > s["best"]
             s["x_best"] = torch.where(improved.view(shape), x_new, s["x_best"])

@@ -55,18 +55,29 @@ class Tracker:
     def success(self) -> Tensor:
         return self.margin < 0
 
-    def offer(self, idx: Tensor, x_cand: Tensor, margin: Tensor) -> Tensor:
-        """Keep the candidates that beat the current best of their sample; returns which did."""
-        old = self.margin[idx]
+    def offer(self, idx: Tensor | None, x_cand: Tensor, margin: Tensor) -> Tensor:
+        """Keep the candidates that beat the current best of their sample; returns which did.
+
+        `idx` names the batch samples of the rows; None means the whole batch in order (no gather).
+        """
+        old = self.margin if idx is None else self.margin[idx]
         if self.mode == "margin":
             better = margin < old
             dist = None
         else:
-            dist = self.threat.distance(x_cand, self._x0[idx])
-            won, was_won = margin < 0, old < 0
-            better = (won & (~was_won | (dist < self.distance[idx]))) | (~won & ~was_won & (margin < old))
-        shape = (-1,) + (1,) * (x_cand.dim() - 1)
-        self.x[idx] = torch.where(better.view(shape), x_cand, self.x[idx])
+            x0 = self._x0 if idx is None else self._x0[idx]
+            dist = self.threat.distance(x_cand, x0)
+            old_dist = self.distance if idx is None else self.distance[idx]
+            won, was_won = (margin < 0) & (dist <= self.threat.eps_value), old < 0
+            better = (won & (~was_won | (dist < old_dist))) | (~won & ~was_won & (margin < old))
+        mask = better.view((-1,) + (1,) * (x_cand.dim() - 1))
+        if idx is None:
+            self.x = torch.where(mask, x_cand, self.x)
+            self.margin = torch.where(better, margin, old)
+            if dist is not None:
+                self.distance = torch.where(better, dist, self.distance)
+            return better
+        self.x[idx] = torch.where(mask, x_cand, self.x[idx])
         self.margin[idx] = torch.where(better, margin, old)
         if dist is not None:
             self.distance[idx] = torch.where(better, dist, self.distance[idx])
@@ -249,6 +260,7 @@ def validate_batch(x: Any, y: Any, threat: ThreatModel, oracle: Oracle) -> tuple
             f"values inside threat.bounds {threat.bounds}",
             "scale inputs to the bounds (normalisation belongs inside the model wrapper: TorchOracle(mean=, std=)).",
         )
+    _check_budget_fits(threat, x)
     if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
         raise invalid(
             "y",
@@ -264,3 +276,21 @@ def validate_batch(x: Any, y: Any, threat: ThreatModel, oracle: Oracle) -> tuple
             "y", f"labels in [{int(y.min())}, {int(y.max())}]", f"labels in [0, {oracle.num_classes})"
         )
     return x.to(oracle.device), y.to(oracle.device, torch.int64)
+
+
+def _check_budget_fits(threat: ThreatModel, x: Tensor) -> None:
+    """An l2 or l0 budget larger than the whole input domain is a mistake in units, not a threat."""
+    lo, hi = threat.bounds
+    if threat.norm == "l2":
+        diameter = (hi - lo) * x[0].numel() ** 0.5
+        if threat.eps_value > diameter:
+            raise invalid(
+                "threat.eps",
+                threat.eps_value,
+                f"at most the l2 diameter of the input domain ({diameter:.4g})",
+                "check the units: eps for l2 is a Euclidean length over the whole input.",
+            )
+    elif threat.norm == "l0":
+        pixels = x[0, 0].numel() if x.dim() == 4 else x[0].numel()
+        if threat.eps_value > pixels:
+            raise invalid("threat.eps", threat.eps_value, f"at most the {pixels} pixels of an input")

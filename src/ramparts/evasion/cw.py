@@ -95,16 +95,17 @@ class CarliniWagnerL2(EvasionAttack):
         won = torch.zeros(len(idx), dtype=torch.bool, device=x0.device)
         prev = torch.full((len(idx),), float("inf"), device=x0.device)
         alive = idx
+        rows: Tensor | None = None  # the whole batch: views and tracker skip gathers
         crit, c, x_orig = ctx.criterion, const, x0
         check_every = max(1, self.steps // 10)
         for step in range(1, self.steps + 1):
             tw = torch.tanh(w)
             x = lo + half * (tw + 1)
             weighted = partial(cw_objective, crit=crit, kappa=self.kappa, const=c)
-            logits, grad_f = box.value_and_grad(x, weighted, alive)
+            logits, grad_f = box.value_and_grad(x, weighted, rows)
             dist = (x - x_orig).flatten(1).pow(2).sum(dim=1)
             margin = crit.margin_from_logits(logits)
-            ctx.tracker.offer(alive, x, margin)
+            ctx.tracker.offer(rows, x, margin)
             won[alive] |= (margin < 0) & (dist.sqrt() <= eps)
             grad_x = grad_f + 2 * (x - x_orig)
             g = grad_x * half * (1 - tw * tw)
@@ -118,6 +119,7 @@ class CarliniWagnerL2(EvasionAttack):
                 prev[alive] = loss
                 if not bool(keep.all()):
                     alive, crit, c, x_orig = alive[keep], crit[keep], c[keep], x_orig[keep]
+                    rows = alive
                     w, m, v = w[keep], m[keep], v[keep]
                     if len(alive) == 0:
                         break

@@ -55,15 +55,18 @@ def iterate(
     box = cast(WhiteBox, ctx.box)
     threat = ctx.threat
     x0, x_adv, crit = ctx.x[idx], x_start, ctx.criterion[idx]
+    # While every sample is in play, pass no indices: the views and the tracker then skip gathers.
+    rows: Tensor | None = None if len(idx) == len(ctx.x) else idx
     velocity = torch.zeros_like(x_adv) if momentum else None
     for _ in range(steps):
-        logits, grad = box.value_and_grad(x_adv, loss_fn(crit, loss), idx)
+        logits, grad = box.value_and_grad(x_adv, loss_fn(crit, loss), rows)
         margin = crit.margin_from_logits(logits)
-        ctx.tracker.offer(idx, x_adv, margin)
+        ctx.tracker.offer(rows, x_adv, margin)
         if ctx.early_stop:
             keep = margin >= 0
             if not bool(keep.all()):
                 idx, x0, x_adv, grad, crit = idx[keep], x0[keep], x_adv[keep], grad[keep], crit[keep]
+                rows = idx
                 if velocity is not None:
                     velocity = velocity[keep]
                 if len(idx) == 0:
@@ -73,8 +76,8 @@ def iterate(
             velocity = momentum * velocity + grad / l1
             grad = velocity
         x_adv = threat.project(x_adv + step_size * ascent_direction(grad, threat.norm), x0)
-    logits = box.logits(x_adv, idx)
-    ctx.tracker.offer(idx, x_adv, crit.margin_from_logits(logits))
+    logits = box.logits(x_adv, rows)
+    ctx.tracker.offer(rows, x_adv, crit.margin_from_logits(logits))
 
 
 @register("fgsm")

@@ -1,0 +1,33 @@
+"""Attacks on a CUDA device: everything stays there, and a seed gives the same result twice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ramparts.evasion import ATTACKS
+from ramparts.oracles import TorchOracle
+from ramparts.threat import ThreatModel
+
+from .conftest import Trained
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.mark.parametrize("name", ["pgd", "apgd", "cw", "fgsm"])
+def test_attack_runs_on_the_model_device(name: str, digits_model: Trained) -> None:
+    model = digits_model.model.to("cuda")
+    try:
+        oracle = TorchOracle(model, input_shape=(1, 8, 8))
+        threat = ThreatModel(norm="l2", eps=2.0) if name == "cw" else ThreatModel(eps=0.1)
+        x, y = digits_model.x.cuda(), digits_model.y.cuda()
+        a = ATTACKS.get(name)()(oracle, x, y, threat, seed=1)
+        b = ATTACKS.get(name)()(oracle, x, y, threat, seed=1)
+        assert a.x_adv.device.type == "cuda" and a.queries.device.type == "cuda"
+        assert torch.equal(a.x_adv, b.x_adv)
+        assert a.success_rate > 0.3
+    finally:
+        digits_model.model.to("cpu")

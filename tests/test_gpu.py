@@ -26,7 +26,8 @@ def test_attack_runs_on_the_model_device(name: str, digits_model: Trained) -> No
         x, y = digits_model.x.cuda(), digits_model.y.cuda()
         a = ATTACKS.get(name)()(oracle, x, y, threat, seed=1)
         b = ATTACKS.get(name)()(oracle, x, y, threat, seed=1)
-        assert a.x_adv.device.type == "cuda" and a.queries.device.type == "cuda"
+        assert a.x_adv.device.type == "cuda"
+        assert a.queries.device.type == "cuda"
         assert torch.equal(a.x_adv, b.x_adv)
         assert a.success_rate > 0.3
     finally:

@@ -164,12 +164,14 @@ class EvasionAttack(HasParams):
             box = view_for(oracle, self.knowledge, len(x), max_queries)
             ctx = AttackContext(box, x, criterion, threat, tracker, generator, early_stop)
             exhausted = False
+            _synchronize(oracle.device)
             t0 = time.perf_counter()
             try:
                 self._run(ctx)
             except QueryBudgetExceeded as err:
                 log.info("%s stopped: %s; keeping the best found so far", self.name, err)
                 exhausted = True
+            _synchronize(oracle.device)
             elapsed = time.perf_counter() - t0
             x_adv = threat.project(tracker.x, x)
             adv_lp, adv_pred = _privileged(oracle, x_adv)
@@ -211,6 +213,12 @@ class EvasionAttack(HasParams):
     @abstractmethod
     def _run(self, ctx: AttackContext) -> None:
         """Search for adversarial examples, offering candidates to `ctx.tracker`."""
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so that wall-clock timings measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _privileged(oracle: Oracle, x: Tensor) -> tuple[Tensor | None, Tensor]:

@@ -1,0 +1,134 @@
+"""What every command shares: the error boundary, consoles, and loading data and models."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ramparts.errors import RampartsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Exit codes: 0 ok, 1 a gate failed (audit --fail-under), 2 a user error (bad option or input).
+EXIT_GATE = 1
+EXIT_USAGE = 2
+
+# Rich resolves sys.stdout/sys.stderr on every write, so test runners that swap them still capture.
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print one red line on stderr; return the Exit to raise."""
+    err.print(f"[bold red]Error:[/] [red]{escape(message)}[/]", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def user_errors(fn: F) -> F:
+    """The CLI's error boundary: a RampartsError or a bad parameter is one red line and exit 2, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.BadParameter as exc:
+            name = exc.param_hint or (exc.param.name if exc.param is not None else None)
+            raise fail(f"{name}: {exc.message}" if name else exc.message) from None
+        except RampartsError as exc:
+            raise fail(_as_option(str(exc), kwargs)) from None
+
+    return cast(F, wrapper)
+
+
+def _as_option(message: str, options: dict[str, Any]) -> str:
+    """`eps: expected...` -> `--eps: expected...` when the error names one of the command's options."""
+    head, sep, rest = message.partition(":")
+    if sep and head in options:
+        return f"--{head.replace('_', '-')}{sep}{rest}"
+    return message
+
+
+def print_json(value: Any) -> None:
+    """Machine output: strict JSON on stdout and nothing else."""
+    from ramparts.report.json import to_jsonable
+
+    sys.stdout.write(json.dumps(to_jsonable(value), indent=2, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def load_splits(spec: str, *, seed: int = 0) -> tuple[Any, Any]:
+    """(train, test) for a dataset spec: MNIST's own split; any other dataset split 75/25 by `seed`."""
+    from ramparts.audit import default_split
+    from ramparts.data import load_dataset
+
+    base = spec.strip().partition(":")[0]
+    if base == "mnist" and not Path(spec).exists():
+        return load_dataset("mnist:train"), load_dataset("mnist")
+    return default_split(load_dataset(spec), seed=seed)
+
+
+def load_target(
+    model_path: str | None, data: str | None, *, seed: int, epochs: int, quiet: bool
+) -> dict[str, Any]:
+    """The model (loaded from a zoo file, or the default trained on the spot) and the data it is judged on."""
+    from ramparts.audit import DEFAULT_ARCH, train_default_model
+    from ramparts.errors import invalid
+    from ramparts.zoo import load_model
+
+    meta: dict[str, Any] = {}
+    if model_path is not None:
+        model, meta = load_model(model_path)
+        extra = meta.get("extra", {}) if isinstance(meta.get("extra"), dict) else {}
+        spec = data or str(extra.get("dataset", "digits"))
+        train_ds, test_ds = load_splits(spec)
+        shape = extra.get("input_shape")
+        if shape is not None and tuple(shape) != tuple(test_ds.input_shape):
+            raise invalid(
+                "--data",
+                spec,
+                f"images of the shape the model was trained on, {tuple(shape)}; got {test_ds.input_shape}",
+                "pass the dataset the model was trained on.",
+            )
+        info = {
+            "arch": meta["arch"],
+            "config": meta.get("config", {}),
+            "source": str(model_path),
+            "trained_here": False,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        if "test_accuracy" in extra:
+            info["test_accuracy_at_training"] = extra["test_accuracy"]
+    else:
+        spec = data or "digits"
+        train_ds, test_ds = load_splits(spec)
+        if not quiet:
+            err.print(
+                f"[dim]No --model given: training {DEFAULT_ARCH} on {escape(spec)} for {epochs} epochs "
+                "(save one with `ramparts train` to skip this).[/]"
+            )
+        model, info = train_default_model(train_ds, test_ds, epochs=epochs, seed=seed, progress=not quiet)
+    return {"model": model, "info": info, "train": train_ds, "test": test_ds, "data": spec}
+
+
+def make_oracle(model: Any, test_ds: Any) -> Any:
+    """Wrap a module for attacks; a shape mismatch is a user error, not a traceback."""
+    from ramparts.errors import invalid
+    from ramparts.oracles import TorchOracle
+
+    try:
+        return TorchOracle(model, input_shape=test_ds.input_shape)
+    except RuntimeError as exc:
+        raise invalid(
+            "--data",
+            test_ds.name,
+            f"images the model accepts (input shape {test_ds.input_shape} failed)",
+            str(exc),
+        ) from None

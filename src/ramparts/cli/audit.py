@@ -1,0 +1,114 @@
+"""`ramparts audit`: the battery of checks against one model, a run folder, report.html and report.json."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from ramparts.audit import (
+    DEFAULT_CHECKS,
+    DEFAULT_EPOCHS,
+    DEFAULT_EPS_GRID,
+    DEFAULT_N,
+    DEFAULT_REFERENCE_EPS,
+    check_names,
+)
+from ramparts.cli._common import EXIT_GATE, err, fail, load_target, make_oracle, out, print_json, user_errors
+from ramparts.data import DATASET_FORMS
+
+
+@user_errors
+def audit_command(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model saved by `ramparts train` (folder, .json or .safetensors). "
+            "Default: train small_cnn on the data in a few seconds.",
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", "-d", help=f"Dataset: {'; '.join(DATASET_FORMS)}. Default: the model's, else digits."
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/audit-TIMESTAMP).")
+    ] = None,
+    attacks: Annotated[
+        str,
+        typer.Option(help=f"Comma-separated attacks, from: {', '.join(check_names())}."),
+    ] = ",".join(DEFAULT_CHECKS),
+    eps: Annotated[
+        str,
+        typer.Option(help="Comma-separated linf budgets: numbers, fractions (8/255) or pixel levels (5px)."),
+    ] = ",".join(DEFAULT_EPS_GRID),
+    reference_eps: Annotated[
+        str, typer.Option(help="The eps of the summary line and of --fail-under (added to the grid).")
+    ] = DEFAULT_REFERENCE_EPS,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Held-out test images to attack.")] = DEFAULT_N,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed for training, the sample choice and random starts.")
+    ] = 0,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of the default model (no --model).")] = (
+        DEFAULT_EPOCHS
+    ),
+    fail_under: Annotated[
+        float | None,
+        typer.Option(
+            help="Exit with code 1 when accuracy under attack at --reference-eps (worst case over "
+            "the attacks) is below this fraction, e.g. 0.5: a gate for CI."
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print report.json on stdout, nothing else.")
+    ] = False,
+) -> None:
+    """Audit a model: evasion attacks over an eps grid, written to a run folder with report.html and report.json."""
+    from ramparts.audit import run_audit
+
+    folder = out_dir or Path("runs") / f"audit-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    loaded = load_target(model, data, seed=seed, epochs=epochs, quiet=json_output) if model else None
+    if loaded is None and data is not None:
+        loaded = load_target(None, data, seed=seed, epochs=epochs, quiet=json_output)
+    target = make_oracle(loaded["model"], loaded["test"]) if loaded else None
+    report = run_audit(
+        target,
+        loaded["train"] if loaded else None,
+        loaded["test"] if loaded else None,
+        eps_grid=eps,
+        attacks=attacks,
+        n=n,
+        seed=seed,
+        reference_eps=reference_eps,
+        out_dir=folder,
+        progress=not json_output,
+        model_info=loaded["info"] if loaded else None,
+        epochs=epochs,
+        fail_under=fail_under,
+    )
+    if json_output:
+        print_json(report.to_dict())
+    else:
+        for line in report.headlines:
+            out.print(f"[bold]*[/] {escape(line)}")
+        out.print(
+            f"Report: [bold]{escape(str(folder / 'report.html'))}[/] (and report.json) "
+            f"in {report.timings['total_s']:.1f} s"
+        )
+    gate = report.gate
+    if gate is not None and not gate["passed"]:
+        acc = gate["robust_accuracy"]
+        raise fail(
+            f"--fail-under: accuracy under attack at eps={report.reference['eps_label']} is "
+            f"{'n/a' if acc is None else f'{acc:.3f}'}, below the required {gate['fail_under']:.3f}.",
+            EXIT_GATE,
+        )
+    if gate is not None and not json_output:
+        err.print(f"[green]Gate passed:[/] {gate['robust_accuracy']:.3f} >= {gate['fail_under']:.3f}")

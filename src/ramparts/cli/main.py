@@ -1,0 +1,40 @@
+"""The `ramparts` entry point: a typer app with one command per module of this package."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ramparts.cli._common import EXIT_USAGE, err
+from ramparts.cli.attack import attack_command
+from ramparts.cli.audit import audit_command
+from ramparts.cli.env import env_command
+from ramparts.cli.train import train_command
+
+app = typer.Typer(
+    name="ramparts",
+    help="Red-team and harden machine-learning models. Start with `ramparts audit`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+app.command("audit")(audit_command)
+app.command("attack")(attack_command)
+app.command("train")(train_command)
+app.command("env")(env_command)
+
+
+def main() -> None:
+    """Console-script entry point (`ramparts`)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("[red]Interrupted.[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+__all__ = ["EXIT_USAGE", "app", "main"]

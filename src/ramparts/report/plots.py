@@ -1,0 +1,176 @@
+"""The report's figures, drawn with matplotlib's Agg canvas (no pyplot, no global state) as PNG bytes.
+
+- `robustness_curve`: robust accuracy against eps, one line per attack, clean accuracy at eps = 0,
+  the x axis labelled both in input units and in pixel levels (/255);
+- `examples_panel`: original | amplified perturbation | adversarial, in the style of the
+  "panda -> gibbon" picture of Goodfellow et al.;
+- `distance_histogram`: the distances of minimum-norm attacks (C&W-L2).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
+
+DPI = 110
+_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def to_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (no timestamp or software metadata, so identical inputs give identical bytes)."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """`data:image/png;base64,...`, for an <img src> that needs no other file."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def robustness_curve(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    clean_accuracy: float,
+    reference_eps: float | None = None,
+    worst_case: Sequence[tuple[float, float]] | None = None,
+    bounds_width: float = 1.0,
+    pixel_scale: float = 255.0,
+    norm: str = "linf",
+) -> bytes:
+    """Robust accuracy (%) against eps; each curve is [(eps, accuracy)], the clean point (0, clean) is added."""
+    fig = Figure(figsize=(7.5, 4.4))
+    ax = fig.add_subplot()
+    for i, (label, points) in enumerate(curves.items()):
+        xs, ys = _with_clean(points, clean_accuracy)
+        ax.plot(xs, ys, marker="o", markersize=4, lw=1.6, color=_COLORS[i % len(_COLORS)], label=label)
+    if worst_case:
+        xs, ys = _with_clean(worst_case, clean_accuracy)
+        ax.plot(xs, ys, ls="--", color="black", lw=1.4, label="worst case (any attack)")
+    if reference_eps is not None:
+        ax.axvline(reference_eps, color="grey", ls=":", lw=1)
+    ax.set_ylim(-3, 103)
+    ax.set_xlim(left=0)
+    ax.set_ylabel("accuracy under attack (%)")
+    ax.set_xlabel(f"eps ({norm}, input units; bounds width {bounds_width:g})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    scale = pixel_scale / bounds_width
+
+    def to_levels(eps: ArrayLike) -> ArrayLike:
+        return np.asarray(eps, dtype=np.float64) * scale
+
+    def to_eps(levels: ArrayLike) -> ArrayLike:
+        return np.asarray(levels, dtype=np.float64) / scale
+
+    top = ax.secondary_xaxis("top", functions=(to_levels, to_eps))
+    top.set_xlabel(f"eps in pixel levels (/{pixel_scale:g})")
+    ax.set_title(f"Clean accuracy {100 * clean_accuracy:.1f}% at eps = 0", fontsize=9, loc="left")
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def _with_clean(points: Sequence[tuple[float, float]], clean: float) -> tuple[list[float], list[float]]:
+    pts = sorted((float(e), float(a)) for e, a in points if e > 0)
+    return [0.0] + [e for e, _ in pts], [100 * clean] + [100 * a for _, a in pts]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One row of the examples panel; images are C x H x W arrays in `bounds`."""
+
+    original: np.ndarray
+    adversarial: np.ndarray
+    true_class: str
+    clean_class: str
+    clean_confidence: float
+    adv_class: str
+    adv_confidence: float
+    caption: str = ""
+
+
+def examples_panel(
+    examples: Sequence[Example], *, bounds: tuple[float, float] = (0.0, 1.0), title: str = ""
+) -> bytes:
+    """Rows of original + perturbation (rescaled to fill [0, 1], factor shown) = adversarial."""
+    rows = max(1, len(examples))
+    fig = Figure(figsize=(7.2, 2.1 * rows + (0.5 if title else 0.1)))
+    grid = fig.add_gridspec(rows, 5, width_ratios=(1, 0.22, 1, 0.22, 1))
+    lo, hi = bounds
+    for r, ex in enumerate(examples):
+        delta = (ex.adversarial - ex.original) / (hi - lo)
+        peak = float(np.abs(delta).max())
+        factor = 0.5 / peak if peak > 0 else 1.0
+        amplified = np.clip(0.5 + factor * delta, 0.0, 1.0)
+        panels = (
+            (
+                0,
+                _display(ex.original, lo, hi),
+                f"{ex.clean_class}: {100 * ex.clean_confidence:.1f}%",
+                "black",
+            ),
+            (2, _display(amplified, 0.0, 1.0), f"perturbation x{factor:.1f}", "#555555"),
+            (
+                4,
+                _display(ex.adversarial, lo, hi),
+                f"{ex.adv_class}: {100 * ex.adv_confidence:.1f}%",
+                "#b00020",
+            ),
+        )
+        for col, img, label, color in panels:
+            ax = fig.add_subplot(grid[r, col])
+            _show(ax, img)
+            ax.set_title(label, fontsize=9, color=color)
+            if col == 0 and ex.caption:
+                ax.set_ylabel(ex.caption, fontsize=8)
+        for col, sign in ((1, "+"), (3, "=")):
+            ax = fig.add_subplot(grid[r, col])
+            ax.axis("off")
+            ax.text(0.5, 0.5, sign, fontsize=20, ha="center", va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def _display(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """C x H x W in [lo, hi] -> H x W (grey) or H x W x 3 in [0, 1]."""
+    arr = (np.asarray(img, dtype=np.float32) - lo) / (hi - lo)
+    arr = np.clip(arr, 0.0, 1.0)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        return arr[0]
+    if arr.ndim == 3:
+        return np.transpose(arr[:3], (1, 2, 0))
+    return arr
+
+
+def _show(ax: object, img: np.ndarray) -> None:
+    kwargs = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0} if img.ndim == 2 else {}
+    ax.imshow(img, interpolation="nearest", **kwargs)  # type: ignore[attr-defined]
+    ax.set_xticks([])  # type: ignore[attr-defined]
+    ax.set_yticks([])  # type: ignore[attr-defined]
+
+
+def distance_histogram(distances: Sequence[float], *, median: float | None, label: str = "C&W-L2") -> bytes:
+    """Histogram of the perturbation sizes of successful minimum-norm adversarial examples."""
+    fig = Figure(figsize=(7.0, 3.2))
+    ax = fig.add_subplot()
+    values = np.asarray(distances, dtype=np.float64)
+    if values.size:
+        ax.hist(values, bins=min(30, max(5, values.size // 5)), color="#4c72b0", alpha=0.85)
+    if median is not None:
+        ax.axvline(median, color="#b00020", ls="--", lw=1.4, label=f"median {median:.3g}")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(f"L2 distance of successful {label} adversarial examples")
+    ax.set_ylabel("images")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return to_png(fig)

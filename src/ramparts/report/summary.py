@@ -1,0 +1,87 @@
+"""Words for the findings: eps labels, the headline sentences at the top of the report, paper citations."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_CITATION = re.compile(r"([A-Z][^.\"]*?(?:et al\.)?[^.\"]*?,\s*\"[^\"]+\",?[^\"]*?(?:19|20)\d\d)")
+
+
+def eps_label(eps: float, *, bounds: tuple[float, float] = (0.0, 1.0), pixel_scale: float = 255.0) -> str:
+    """`8/255` when eps is a whole number of pixel levels, else `0.05 (12.8/255)`."""
+    levels = eps / (bounds[1] - bounds[0]) * pixel_scale
+    if abs(levels - round(levels)) < 1e-4:
+        return f"{round(levels)}/{pixel_scale:g}"
+    return f"{eps:.3g} ({levels:.1f}/{pixel_scale:g})"
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def attack_citation(cls: type) -> str | None:
+    """The paper an attack follows, read from its class docstring or, failing that, its module's."""
+    module = sys.modules.get(cls.__module__)
+    for doc in (cls.__doc__, module.__doc__ if module else None):
+        for paragraph in (doc or "").split("\n\n"):
+            if m := _CITATION.search(" ".join(paragraph.split())):
+                return m.group(1).strip()
+    return None
+
+
+def headlines(
+    *,
+    n: int,
+    clean: float,
+    reference: Mapping[str, Any],
+    worst_case: Sequence[Mapping[str, Any]],
+    minimum_norm: Mapping[str, Mapping[str, Any]],
+    linf_labels: Mapping[str, str],
+    main: str | None,
+) -> list[str]:
+    """The summary sentences: clean accuracy, the main attack at the reference eps, where accuracy
+    halves and collapses, and the minimum-norm attacks' median distance.
+
+    `linf_labels`: check key -> label of the fixed-budget attacks; `main`: the key to name first.
+    """
+    lines = [f"Clean accuracy on {n} held-out images: {pct(clean)}."]
+    by_check = reference.get("by_check", {})
+    if main is not None and main in by_check:
+        text = (
+            f"{linf_labels[main]}-linf at eps={reference['eps_label']} lowers accuracy from {pct(clean)} "
+            f"to {pct(by_check[main])}"
+        )
+        together = reference.get("robust_accuracy")
+        if len(linf_labels) > 1 and together is not None and together < by_check[main]:
+            text += (
+                f"; the {len(linf_labels)} attacks together (an image counts as robust only if every attack "
+                f"fails) bring it to {pct(together)}"
+            )
+        lines.append(text + ".")
+        half = next((w for w in worst_case if w["robust_accuracy"] <= clean / 2), None)
+        low = next((w for w in worst_case if w["robust_accuracy"] <= 0.1), None)
+        scope = f"worst case over the {len(linf_labels)} linf attacks" if len(linf_labels) > 1 else "linf"
+        if half is not None and low is not None:
+            lines.append(
+                f"Accuracy halves by eps={half['eps_label']} and falls to 10% or less by "
+                f"eps={low['eps_label']} ({scope})."
+            )
+        elif half is not None:
+            lines.append(
+                f"Accuracy halves by eps={half['eps_label']} but stays above 10% up to the largest eps ({scope})."
+            )
+        else:
+            lines.append(f"Accuracy stays above half its clean value up to the largest eps tested ({scope}).")
+    for stats in minimum_norm.values():
+        if stats.get("median_distance") is not None:
+            lines.append(
+                f"{stats['label']} fools {pct(stats['success_rate'])} of the correctly classified images; "
+                f"median L2 distance {stats['median_distance']:.3g} "
+                f"(an RMS change of {stats['median_rms_pixels']:.1f}/255 per input value)."
+            )
+        elif stats.get("attacked"):
+            lines.append(f"{stats['label']} found no adversarial example for {stats['attacked']} images.")
+    return lines

@@ -1,0 +1,207 @@
+"""Tests for ramparts.audit: the evasion battery on a tiny configuration, its run folder and its findings."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from ramparts.audit import CHECKS, AuditReport, Check, resolve_checks, run_audit
+from ramparts.data import Dataset, load_digits
+from ramparts.errors import UnknownNameError, ValidationError
+
+EPS = (0.05, 0.1, 0.2, 0.3)
+FAST = [
+    Check("fgsm", "fgsm", {}, "linf", "FGSM"),
+    Check("pgd", "pgd", {"steps": 10}, "linf", "PGD"),
+    Check("cw", "cw", {"steps": 20, "binary_search_steps": 3}, "l2", "C&W-L2"),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and do not fight other jobs for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def held_out() -> Dataset:
+    ds = load_digits()
+    return ds.subset(range(1400, len(ds)))
+
+
+@pytest.fixture(scope="module")
+def audit(digits_model, held_out: Dataset, tmp_path_factory: pytest.TempPathFactory) -> AuditReport:
+    out = tmp_path_factory.mktemp("audit")
+    return run_audit(
+        digits_model.model,
+        None,
+        held_out,
+        eps_grid=EPS,
+        attacks=FAST,
+        n=60,
+        seed=0,
+        reference_eps=0.1,
+        out_dir=out,
+        model_info={"description": "tiny <b>cnn</b>"},
+    )
+
+
+def test_run_folder_holds_every_artifact(audit: AuditReport) -> None:
+    assert audit.out_dir is not None
+    names = {p.name for p in audit.out_dir.iterdir()}
+    assert {"config.json", "metrics.json", "adv_examples.npz", "report.html", "report.json"} <= names
+    assert "model.safetensors" in names
+    with np.load(audit.out_dir / "adv_examples.npz", allow_pickle=False) as npz:
+        assert npz["x"].shape == (60, 1, 8, 8)
+        assert npz["pgd_x_adv"].shape == npz["x"].shape
+        assert npz["pgd_eps_broken"].shape == (60,)
+    config = json.loads((audit.out_dir / "config.json").read_text())
+    assert config["eps_grid"] == pytest.approx(list(EPS))
+    metrics = json.loads((audit.out_dir / "metrics.json").read_text())
+    assert len(metrics["curves"]) == 2 * len(EPS)
+    assert metrics["minimum_norm"]["cw"]["median_distance"] == pytest.approx(
+        audit.minimum_norm["cw"]["median_distance"]
+    )
+
+
+def test_pgd_curve_starts_at_clean_accuracy_and_never_rises(audit: AuditReport) -> None:
+    curve = audit.curve("pgd")
+    assert [e for e, _ in curve] == pytest.approx(list(EPS))
+    accs = [audit.clean_accuracy] + [a for _, a in curve]
+    assert all(b <= a for a, b in itertools.pairwise(accs)), accs
+    assert audit.clean_accuracy > 0.8
+    assert curve[-1][1] < 0.2, "PGD at eps=0.3 should break nearly every digit"
+
+
+def test_worst_case_is_at_most_every_attack(audit: AuditReport) -> None:
+    for row in audit.worst_case:
+        at = [f["robust_accuracy"] for f in audit.findings if f["eps"] == row["eps"]]
+        assert row["robust_accuracy"] <= min(at) + 1e-9
+    assert audit.robust_accuracy() == pytest.approx(audit.worst_case[1]["robust_accuracy"])
+    assert audit.robust_accuracy(0.1, "pgd") == pytest.approx(audit.curve("pgd")[1][1])
+    with pytest.raises(ValidationError, match="eps"):
+        audit.robust_accuracy(0.15)
+
+
+def test_saved_adversarial_examples_are_valid_and_fool_the_model(digits_model, audit: AuditReport) -> None:
+    x, y = torch.from_numpy(audit.arrays["x"]), torch.from_numpy(audit.arrays["y"])
+    x_adv = torch.from_numpy(audit.arrays["pgd_x_adv"])
+    eps = torch.from_numpy(audit.arrays["pgd_eps_broken"])
+    fooled = ~torch.isnan(eps)
+    assert int(fooled.sum()) > 10
+    dist = (x_adv - x).abs().flatten(1).amax(dim=1)
+    assert bool((dist[fooled] <= eps[fooled].float() + 1e-6).all())
+    assert float(x_adv.min()) >= 0.0
+    assert float(x_adv.max()) <= 1.0
+    with torch.no_grad():
+        pred = digits_model.model(x_adv[fooled]).argmax(dim=1)
+    assert bool((pred != y[fooled]).all())
+    # the curve counts exactly these samples (plus the clean mistakes) as broken
+    last = audit.curve("pgd")[-1][1]
+    clean_wrong = torch.from_numpy(audit.arrays["clean_pred"]) != y
+    assert last == pytest.approx(1 - float((fooled | clean_wrong).float().mean()))
+
+
+def test_cw_reports_median_distance_of_successes(audit: AuditReport) -> None:
+    stats = audit.minimum_norm["cw"]
+    assert stats["success_rate"] > 0.5
+    assert stats["median_distance"] == pytest.approx(float(np.median(stats["distances"])))
+    assert 0 < stats["median_distance"] < 8.0
+    assert any("C&W-L2" in line and "median L2" in line for line in audit.headlines)
+
+
+def test_report_json_has_findings_threats_environment_and_timings(audit: AuditReport) -> None:
+    assert audit.out_dir is not None
+    report = json.loads((audit.out_dir / "report.json").read_text())
+    assert report["format"] == "ramparts-audit"
+    assert report["config"]["threat_models"]["pgd"]["norm"] == "linf"
+    assert report["config"]["threat_models"]["cw"]["norm"] == "l2"
+    assert report["environment"]["packages"]["torch"] == torch.__version__.split("+")[0] or report[
+        "environment"
+    ]["packages"]["torch"].startswith(torch.__version__.split("+")[0])
+    assert report["timings"]["total_s"] > 0
+    assert "pgd_s" in report["timings"]
+    summaries = [f["summary"] for f in report["evasion"]["findings"] if f["summary"]]
+    assert summaries
+    assert all("success_rate" in s for s in summaries)
+    assert "Madry" in report["citations"]["PGD"]
+
+
+def test_gate_passes_and_fails(digits_model, held_out: Dataset) -> None:
+    kwargs = {"eps_grid": "0.3", "attacks": "fgsm", "n": 30, "reference_eps": 0.3}
+    strict = run_audit(digits_model.model, None, held_out, fail_under=0.99, **kwargs)
+    lax = run_audit(digits_model.model, None, held_out, fail_under=0.0, **kwargs)
+    assert strict.gate is not None
+    assert strict.gate["passed"] is False
+    assert lax.gate is not None
+    assert lax.gate["passed"] is True
+
+    def strip(findings: list[dict]) -> list[dict]:
+        return [
+            {**f, "summary": {k: v for k, v in f["summary"].items() if k != "elapsed_s"}} for f in findings
+        ]
+
+    assert strip(strict.findings) == strip(lax.findings), "same seed, same findings"
+
+
+def test_reference_eps_joins_the_grid(digits_model, held_out: Dataset) -> None:
+    report = run_audit(
+        digits_model.model, None, held_out, eps_grid="0.3", attacks="fgsm", n=20, reference_eps="8/255"
+    )
+    assert [f["eps"] for f in report.findings] == pytest.approx([8 / 255, 0.3])
+    assert report.reference["eps_label"] == "8/255"
+
+
+def test_resolve_checks() -> None:
+    assert [c.key for c in resolve_checks("pgd,apgd-dlr")] == ["pgd", "apgd-dlr"]
+    assert resolve_checks(["mifgsm"])[0].attack == "mifgsm"
+    with pytest.raises(UnknownNameError, match="apgd-dlr"):
+        resolve_checks(["nope"])
+    with pytest.raises(UnknownNameError):
+        resolve_checks(["ill"])  # targeted only: not part of an untargeted battery
+    with pytest.raises(ValidationError, match="once"):
+        resolve_checks(["pgd", "pgd"])
+    assert set(CHECKS) == {"fgsm", "bim", "pgd", "apgd-ce", "apgd-dlr", "cw"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"eps_grid": "banana"}, "eps"),
+        ({"eps_grid": "2"}, "eps"),
+        ({"n": 0}, "n"),
+        ({"fail_under": 1.5}, "fail_under"),
+        ({"reference_eps": "0"}, "reference_eps"),
+    ],
+)
+def test_bad_arguments_name_the_parameter(digits_model, held_out: Dataset, kwargs: dict, param: str) -> None:
+    with pytest.raises(ValidationError, match=param):
+        run_audit(digits_model.model, None, held_out, attacks="fgsm", **kwargs)
+
+
+def test_metrics_are_strict_json(audit: AuditReport) -> None:
+    assert audit.out_dir is not None
+    for name in ("metrics.json", "report.json", "config.json"):
+        text = (audit.out_dir / name).read_text()
+        assert "NaN" not in text
+        assert "Infinity" not in text
+        json.loads(text)
+
+
+def test_default_audit_needs_no_arguments() -> None:
+    """run_audit() trains the default model itself; a tiny grid keeps this fast."""
+    report = run_audit(eps_grid="0.3", attacks="fgsm", n=20, epochs=1, reference_eps=0.3)
+    assert report.model["arch"] == "small_cnn"
+    assert report.model["trained_here"] is True
+    assert report.data["name"] == "digits"
+    assert report.data["n_test"] == 449
+    assert not math.isnan(report.clean_accuracy)

@@ -172,3 +172,10 @@ def test_random_start_inside() -> None:
     # l2 random starts fill the ball: radii are not all at the surface.
     radii = ThreatModel(norm="l2", eps=1.0).distance(ThreatModel(norm="l2", eps=1.0).random_start(x, gen), x)
     assert float(radii.min()) < 0.95 * math.sqrt(1.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(pairs())
+def test_projector_agrees_with_project(case: tuple[ThreatModel, torch.Tensor, torch.Tensor]) -> None:
+    threat, x_adv, x = case
+    assert torch.allclose(threat.projector(x)(x_adv), threat.project(x_adv, x), atol=1e-6)

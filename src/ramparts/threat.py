@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -222,6 +223,19 @@ class ThreatModel:
         else:
             delta = _keep_top_pixels(delta, int(eps))
         return (x + delta).clamp(lo, hi)
+
+    def projector(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        """`project` onto the ball around a fixed `x`, for loops that project many times.
+
+        For linf the feasible set is a box: its corners are computed once and each projection is a
+        single clamp (and exact, with no round trip through `x_adv - x`).
+        """
+        if self.norm == "linf":
+            lo, hi = self.bounds
+            lower = (x - self.eps_value).clamp_min(lo)
+            upper = (x + self.eps_value).clamp_max(hi)
+            return lambda x_adv: torch.clamp(x_adv, lower, upper)
+        return lambda x_adv: self.project(x_adv, x)
 
     def contains(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Per-sample: inside the bounds and the ball (with a small tolerance for round-off)."""

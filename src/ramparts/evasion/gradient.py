@@ -58,6 +58,7 @@ def iterate(
     # While every sample is in play, pass no indices: the views and the tracker then skip gathers.
     rows: Tensor | None = None if len(idx) == len(ctx.x) else idx
     velocity = torch.zeros_like(x_adv) if momentum else None
+    project = threat.projector(x0)
     for _ in range(steps):
         logits, grad = box.value_and_grad(x_adv, loss_fn(crit, loss), rows)
         margin = crit.margin_from_logits(logits)
@@ -66,7 +67,7 @@ def iterate(
             keep = margin >= 0
             if not bool(keep.all()):
                 idx, x0, x_adv, grad, crit = idx[keep], x0[keep], x_adv[keep], grad[keep], crit[keep]
-                rows = idx
+                rows, project = idx, threat.projector(x0)
                 if velocity is not None:
                     velocity = velocity[keep]
                 if len(idx) == 0:
@@ -75,7 +76,7 @@ def iterate(
             l1 = grad.abs().flatten(1).sum(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
             velocity = momentum * velocity + grad / l1
             grad = velocity
-        x_adv = threat.project(x_adv + step_size * ascent_direction(grad, threat.norm), x0)
+        x_adv = project(x_adv.add(ascent_direction(grad, threat.norm), alpha=step_size))
     logits = box.logits(x_adv, rows)
     ctx.tracker.offer(rows, x_adv, crit.margin_from_logits(logits))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -15,10 +18,24 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
+# cuBLAS is deterministic only with a fixed workspace, set before the first CUDA call.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@pytest.fixture
+def deterministic() -> Iterator[None]:
+    """PyTorch's deterministic kernels: without them, atomics in cuDNN backward passes change the last
+    bits of gradients. Sign-based attacks absorb that; C&W's Adam steps do not."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 @pytest.mark.parametrize("name", ["pgd", "apgd", "cw", "fgsm"])
-def test_attack_runs_on_the_model_device(name: str, digits_model: Trained) -> None:
+def test_attack_runs_on_the_model_device(name: str, digits_model: Trained, deterministic: None) -> None:
     model = digits_model.model.to("cuda")
     try:
         oracle = TorchOracle(model, input_shape=(1, 8, 8))

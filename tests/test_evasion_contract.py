@@ -9,6 +9,7 @@ import torch
 
 from ramparts.errors import RampartsError, RampartsTypeError, UnknownNameError, ValidationError
 from ramparts.evasion import ATTACKS, AttackContext, EvasionAttack
+from ramparts.targets import LabelBox, ScoreBox, WhiteBox
 from ramparts.threat import ThreatModel
 
 from .conftest import Trained
@@ -212,3 +213,31 @@ def test_budget_beyond_the_domain_is_refused(digits_model: Trained) -> None:
         ATTACKS.get("pgd")()(
             digits_model.oracle, digits_model.x, digits_model.y, ThreatModel(norm="l2", eps=9.0)
         )
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_attack_sees_exactly_its_declared_knowledge(
+    name: str, digits_model: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cls = ATTACKS.get(name)
+    seen: list[type] = []
+    original = cls._run
+
+    def spy(self: EvasionAttack, ctx: AttackContext) -> None:
+        seen.append(type(ctx.box))
+        original(self, ctx)
+
+    monkeypatch.setattr(cls, "_run", spy)
+    make(name)(digits_model.oracle, digits_model.x[:8], digits_model.y[:8], threat_for(name))
+    expected = {0: LabelBox, 1: ScoreBox, 2: WhiteBox}[int(cls.knowledge)]
+    assert seen == [expected]
+
+
+def test_summary_reports_query_statistics(digits_model: Trained) -> None:
+    result = ATTACKS.get("pgd")(steps=5)(
+        digits_model.oracle, digits_model.x, digits_model.y, threat_for("pgd")
+    )
+    summary = result.summary()
+    assert summary["max_queries"] == int(result.queries.max())
+    assert summary["median_queries"] == float(result.queries.float().median())
+    assert summary["max_queries"] <= 6

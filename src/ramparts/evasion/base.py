@@ -106,6 +106,17 @@ class AttackContext:
             return self.tracker.pending()
         return torch.arange(len(self.x), device=self.x.device)
 
+    def affordable(self, idx: Tensor, cost: int = 1) -> Tensor:
+        """Which of the samples `idx` can still pay `cost` queries each under the view's budget.
+
+        Query-based attacks drop the others from their active set (keeping their best so far) instead
+        of letting one exhausted sample stop the whole batch.
+        """
+        left = self.box.remaining(idx)
+        if left is None:
+            return torch.ones(len(idx), dtype=torch.bool, device=idx.device)
+        return left >= cost
+
 
 class EvasionAttack(HasParams):
     """Base of every evasion attack. Subclasses set the class attributes and implement `_run`."""

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from ramparts.audit import CHECKS, AuditReport, Check, resolve_checks, run_audit
+import ramparts.audit.run
+from ramparts.audit import CHECKS, AuditReport, Check, RunFolderMismatchError, resolve_checks, run_audit
 from ramparts.data import Dataset, load_digits
 from ramparts.errors import UnknownNameError, ValidationError
 
@@ -21,6 +26,15 @@ FAST = [
     Check("pgd", "pgd", {"steps": 10}, "linf", "PGD"),
     Check("cw", "cw", {"steps": 20, "binary_search_steps": 3}, "l2", "C&W-L2"),
 ]
+# The module's audit; the resume tests rerun it in copies of its folder.
+KWARGS: dict[str, Any] = {
+    "eps_grid": EPS,
+    "attacks": FAST,
+    "n": 60,
+    "seed": 0,
+    "reference_eps": 0.1,
+    "model_info": {"description": "tiny <b>cnn</b>"},
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,18 +55,7 @@ def held_out() -> Dataset:
 @pytest.fixture(scope="module")
 def audit(digits_model, held_out: Dataset, tmp_path_factory: pytest.TempPathFactory) -> AuditReport:
     out = tmp_path_factory.mktemp("audit")
-    return run_audit(
-        digits_model.model,
-        None,
-        held_out,
-        eps_grid=EPS,
-        attacks=FAST,
-        n=60,
-        seed=0,
-        reference_eps=0.1,
-        out_dir=out,
-        model_info={"description": "tiny <b>cnn</b>"},
-    )
+    return run_audit(digits_model.model, None, held_out, out_dir=out, **KWARGS)
 
 
 def test_run_folder_holds_every_artifact(audit: AuditReport) -> None:
@@ -205,3 +208,158 @@ def test_default_audit_needs_no_arguments() -> None:
     assert report.data["name"] == "digits"
     assert report.data["n_test"] == 449
     assert not math.isnan(report.clean_accuracy)
+
+
+def _figures(folder: Path) -> dict[str, Any]:
+    """report.json without what may differ between equal runs: timings, environment, resume notes."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "elapsed_s"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    report = json.loads((folder / "report.json").read_text())
+    keep = ("config", "model", "data", "clean_accuracy", "reference", "evasion", "headlines", "gate")
+    return strip({k: report[k] for k in keep})
+
+
+def _arrays(folder: Path) -> dict[str, np.ndarray]:
+    with np.load(folder / "adv_examples.npz", allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    assert _figures(a) == _figures(b)
+    arrays_a, arrays_b = _arrays(a), _arrays(b)
+    assert sorted(arrays_a) == sorted(arrays_b)
+    for key, value in arrays_a.items():
+        np.testing.assert_array_equal(value, arrays_b[key], err_msg=key)
+
+
+def _count_builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The keys of the checks whose attack is built from now on (once per attacked eps, and for the examples)."""
+    calls: list[str] = []
+    build = Check.build
+
+    def counted(self: Check) -> Any:
+        calls.append(self.key)
+        return build(self)
+
+    monkeypatch.setattr(Check, "build", counted)
+    return calls
+
+
+def test_interrupted_audit_resumes_to_the_same_report(
+    digits_model, held_out: Dataset, audit: AuditReport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert audit.out_dir is not None
+    build = Check.build
+
+    def interrupted(self: Check) -> Any:
+        if self.key == "pgd" and len(json.loads((tmp_path / "metrics.json").read_text())["curves"]) > 4:
+            raise KeyboardInterrupt  # during PGD's second eps, after FGSM's 4 and PGD's first
+        return build(self)
+
+    monkeypatch.setattr(Check, "build", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(digits_model.model, None, held_out, out_dir=tmp_path, **KWARGS)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["check"] for r in metrics["curves"]] == ["fgsm"] * 4 + ["pgd"]
+    assert metrics["minimum_norm"] == {}
+    assert "report.json" not in {p.name for p in tmp_path.iterdir()}
+
+    monkeypatch.setattr(Check, "build", build)
+    calls = _count_builds(monkeypatch)
+    resumed = run_audit(digits_model.model, None, held_out, out_dir=tmp_path, **KWARGS)
+    assert "fgsm" not in calls, "FGSM's measurements are reused"
+    assert calls.count("cw") == 1
+    assert resumed.resumed == {"measurements_reused": 5, "measurements": 9, "model_reused": False}
+    _assert_same_run(audit.out_dir, tmp_path)
+    assert resumed.findings[4]["summary"] is not None
+
+
+def test_resume_reruns_what_metrics_lost_and_rolls_arrays_back(
+    digits_model, held_out: Dataset, audit: AuditReport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """adv_examples.npz may be ahead of metrics.json (it is written first): the extra steps are redone."""
+    assert audit.out_dir is not None
+    folder = tmp_path / "run"
+    shutil.copytree(audit.out_dir, folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["curves"] = [r for r in metrics["curves"] if r["check"] == "fgsm" or r["eps"] < 0.15]
+    metrics["minimum_norm"] = {}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    for name in ("report.json", "report.html"):
+        (folder / name).unlink()
+
+    calls = _count_builds(monkeypatch)
+    resumed = run_audit(digits_model.model, None, held_out, out_dir=folder, **KWARGS)
+    assert "fgsm" not in calls
+    assert calls.count("cw") == 1
+    assert resumed.resumed is not None
+    assert resumed.resumed["measurements_reused"] == 6
+    _assert_same_run(audit.out_dir, folder)
+
+
+def nn_twin(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` with one weight nudged: another model to the audit."""
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        next(twin.parameters()).view(-1)[0] += 1e-3
+    return twin
+
+
+def test_another_configuration_is_refused_and_overwrite_starts_afresh(
+    digits_model, held_out: Dataset, audit: AuditReport, tmp_path: Path
+) -> None:
+    assert audit.out_dir is not None
+    folder = tmp_path / "run"
+    shutil.copytree(audit.out_dir, folder)
+    before = (folder / "metrics.json").read_text()
+    with pytest.raises(RunFolderMismatchError, match=r"out_dir.*differs in n, eps_grid.*overwrite=True"):
+        run_audit(
+            digits_model.model, None, held_out, out_dir=folder, **{**KWARGS, "n": 30, "eps_grid": "0.3"}
+        )
+    with pytest.raises(ValidationError, match=r"identity\.model"):
+        run_audit(nn_twin(digits_model.model), None, held_out, out_dir=folder, **KWARGS)
+    assert (folder / "metrics.json").read_text() == before, "a refused run writes nothing"
+
+    fresh = run_audit(
+        digits_model.model,
+        None,
+        held_out,
+        out_dir=folder,
+        eps_grid="0.3",
+        attacks="fgsm",
+        n=20,
+        overwrite=True,
+    )
+    assert fresh.resumed is None
+    assert not [k for k in _arrays(folder) if k.startswith(("pgd", "cw"))], "nothing left of the old run"
+    assert json.loads((folder / "config.json").read_text())["n"] == 20
+
+
+def test_default_model_is_reused_on_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kwargs: dict[str, Any] = {
+        "eps_grid": "0.3",
+        "attacks": "fgsm",
+        "n": 20,
+        "epochs": 1,
+        "reference_eps": 0.3,
+    }
+    first = run_audit(out_dir=tmp_path / "a", **kwargs)
+    assert first.model["trained_here"] is True
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+
+    def no_training(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("the model saved in the run folder should be reused")
+
+    monkeypatch.setattr(ramparts.audit.run, "train_default_model", no_training)
+    again = run_audit(out_dir=tmp_path / "b", **kwargs)
+    assert again.resumed == {"measurements_reused": 1, "measurements": 1, "model_reused": True}
+    assert again.model == first.model
+    _assert_same_run(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(RunFolderMismatchError, match=r"identity\.model"):
+        run_audit(out_dir=tmp_path / "b", **{**kwargs, "epochs": 2})

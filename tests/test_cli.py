@@ -174,3 +174,25 @@ def test_audit_user_errors(model_dir: Path, tmp_path: Path) -> None:
     _user_error([*base, "--attacks", "pgd,nope"], "--attacks", "apgd-dlr")
     _user_error([*base, "--eps", "0.1,banana"], "--eps")
     _user_error([*base, "--fail-under", "7"], "--fail-under")
+
+
+def test_audit_cli_resumes_the_same_run_and_refuses_another(model_dir: Path, tmp_path: Path) -> None:
+    args = ["audit", "--model", str(model_dir), "--attacks", "fgsm", "--eps", "0.1,0.3", "--n", "20"]
+    args += ["--reference-eps", "0.1", "--out", str(tmp_path)]
+    first = runner.invoke(app, [*args, "--json"])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "Resumed" in again.output
+    assert "reused 2 of 2 measurements" in again.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["resumed"]["measurements_reused"] == 2
+    robust = [f["robust_accuracy"] for f in report["evasion"]["findings"]]
+    assert robust == [f["robust_accuracy"] for f in json.loads(first.stdout)["evasion"]["findings"]]
+
+    output = _user_error([*args, "--n", "10"], "--out", "differs in n", "--overwrite")
+    assert "out_dir" not in output
+    fresh = runner.invoke(app, [*args, "--n", "10", "--overwrite", "--json"])
+    assert fresh.exit_code == 0, fresh.output
+    assert json.loads(fresh.stdout)["resumed"] is None
+    assert json.loads((tmp_path / "config.json").read_text())["n"] == 10

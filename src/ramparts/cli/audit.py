@@ -17,7 +17,17 @@ from ramparts.audit import (
     DEFAULT_REFERENCE_EPS,
     check_names,
 )
-from ramparts.cli._common import EXIT_GATE, err, fail, load_target, make_oracle, out, print_json, user_errors
+from ramparts.cli._common import (
+    EXIT_GATE,
+    err,
+    fail,
+    load_splits,
+    load_target,
+    make_oracle,
+    out,
+    print_json,
+    user_errors,
+)
 from ramparts.data import DATASET_FORMS
 
 
@@ -39,8 +49,17 @@ def audit_command(
         ),
     ] = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/audit-TIMESTAMP).")
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run folder (default: runs/audit-TIMESTAMP). A folder holding a run of the same "
+            "configuration is resumed: what it measured is reused.",
+        ),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start afresh in --out even if it holds another run.")
+    ] = False,
     attacks: Annotated[
         str,
         typer.Option(help=f"Comma-separated attacks, from: {', '.join(check_names())}."),
@@ -71,31 +90,48 @@ def audit_command(
     ] = False,
 ) -> None:
     """Audit a model: evasion attacks over an eps grid, written to a run folder with report.html and report.json."""
-    from ramparts.audit import run_audit
+    from ramparts.audit import RunFolderMismatchError, run_audit
 
     folder = out_dir or Path("runs") / f"audit-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    # Without --model, run_audit trains the default model itself (or reuses the one a resumed run saved).
     loaded = load_target(model, data, seed=seed, epochs=epochs, quiet=json_output) if model else None
+    train_ds, test_ds = (loaded["train"], loaded["test"]) if loaded else (None, None)
     if loaded is None and data is not None:
-        loaded = load_target(None, data, seed=seed, epochs=epochs, quiet=json_output)
-    target = make_oracle(loaded["model"], loaded["test"]) if loaded else None
-    report = run_audit(
-        target,
-        loaded["train"] if loaded else None,
-        loaded["test"] if loaded else None,
-        eps_grid=eps,
-        attacks=attacks,
-        n=n,
-        seed=seed,
-        reference_eps=reference_eps,
-        out_dir=folder,
-        progress=not json_output,
-        model_info=loaded["info"] if loaded else None,
-        epochs=epochs,
-        fail_under=fail_under,
-    )
+        train_ds, test_ds = load_splits(data)
+    try:
+        report = run_audit(
+            make_oracle(loaded["model"], loaded["test"]) if loaded else None,
+            train_ds,
+            test_ds,
+            eps_grid=eps,
+            attacks=attacks,
+            n=n,
+            seed=seed,
+            reference_eps=reference_eps,
+            out_dir=folder,
+            progress=not json_output,
+            model_info=loaded["info"] if loaded else None,
+            epochs=epochs,
+            fail_under=fail_under,
+            overwrite=overwrite,
+        )
+    except RunFolderMismatchError as exc:
+        raise RunFolderMismatchError(
+            exc.folder,
+            exc.differences,
+            param="--out",
+            fix="pass another --out folder, or add --overwrite to start afresh in this one.",
+        ) from None
     if json_output:
         print_json(report.to_dict())
     else:
+        if report.resumed is not None:
+            done = report.resumed
+            err.print(
+                f"[dim]Resumed {escape(str(folder))}: reused {done['measurements_reused']} of "
+                f"{done['measurements']} measurements"
+                f"{' and the trained model' if done['model_reused'] else ''}.[/]"
+            )
         for line in report.headlines:
             out.print(f"[bold]*[/] {escape(line)}")
         out.print(

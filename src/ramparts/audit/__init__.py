@@ -1,0 +1,51 @@
+"""The audit: a battery of checks against one model, gathered into findings, a run folder and a report.
+
+With no model, `run_audit` trains the zoo's `small_cnn` on the embedded digits in a few seconds. The
+evasion battery runs FGSM, BIM, PGD, APGD-CE and APGD-DLR (linf) over an eps grid, and C&W-L2
+(minimum-norm: the distribution of the distances it needs). Accuracy under attack at eps counts a
+sample as broken when the attack fooled it at this eps or at a smaller one of the grid (that example
+lies inside the larger ball too), so each curve is non-increasing by construction, and samples already
+broken are not attacked again (AutoAttack's rule: spend compute only on points still robust).
+
+The run folder holds `config.json` (what identifies the run), `metrics.json` and `adv_examples.npz`
+(np.savez, no pickles), both rewritten after every step, so an interrupted run loses nothing already
+measured and a new run with the same configuration and folder resumes from them; the model
+(safetensors + JSON), `report.html` (one self-contained file) and `report.json`.
+
+Modules: `checks` (the battery and the eps grid), `model` (the model under audit), `runner` (the
+per-check work), `run_folder` (the folder's files and resume rules), `report` (`AuditReport`), `run`
+(`run_audit`).
+"""
+
+from ramparts.audit.checks import (
+    CHECKS,
+    DEFAULT_CHECKS,
+    DEFAULT_EPS_GRID,
+    DEFAULT_N,
+    DEFAULT_REFERENCE_EPS,
+    Check,
+    check_names,
+    resolve_checks,
+)
+from ramparts.audit.model import DEFAULT_ARCH, DEFAULT_EPOCHS, default_split, train_default_model
+from ramparts.audit.report import AuditReport
+from ramparts.audit.run import run_audit
+from ramparts.audit.run_folder import RunFolderMismatchError
+
+__all__ = [
+    "CHECKS",
+    "DEFAULT_ARCH",
+    "DEFAULT_CHECKS",
+    "DEFAULT_EPOCHS",
+    "DEFAULT_EPS_GRID",
+    "DEFAULT_N",
+    "DEFAULT_REFERENCE_EPS",
+    "AuditReport",
+    "Check",
+    "RunFolderMismatchError",
+    "check_names",
+    "default_split",
+    "resolve_checks",
+    "run_audit",
+    "train_default_model",
+]

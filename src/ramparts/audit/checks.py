@@ -1,0 +1,141 @@
+"""What the audit runs: the battery of checks, the default eps grid, and parsing of the grid."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ramparts.errors import RampartsTypeError, invalid, unknown
+from ramparts.evasion import ATTACKS, EvasionAttack
+from ramparts.threat import parse_eps
+
+# Pixel levels out of 255: from half a grey level of the digits (they have 17) to where nothing survives.
+DEFAULT_EPS_GRID: tuple[str, ...] = (
+    "2/255",
+    "4/255",
+    "8/255",
+    "16/255",
+    "24/255",
+    "32/255",
+    "48/255",
+    "64/255",
+    "80/255",
+)
+DEFAULT_REFERENCE_EPS = "8/255"
+DEFAULT_N = 500
+
+
+@dataclass(frozen=True)
+class Check:
+    """One attack of the battery: a registered attack, its hyperparameters, and the norm it runs in.
+
+    `norm="l2"` with a minimum-norm attack (C&W) measures distances instead of an eps curve.
+    """
+
+    key: str
+    attack: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    norm: str = "linf"
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        cls = ATTACKS.get(self.attack)
+        if self.norm not in cls.norms:
+            raise invalid("attacks", self.key, f"an attack that supports {self.norm} (one of {cls.norms})")
+        if "untargeted" not in cls.goals:
+            raise invalid("attacks", self.key, "an attack with an untargeted goal for the audit")
+        if not self.label:
+            object.__setattr__(self, "label", self.key.upper())
+
+    @property
+    def minimizes_norm(self) -> bool:
+        return bool(ATTACKS.get(self.attack).minimizes_norm)
+
+    def build(self) -> EvasionAttack:
+        return ATTACKS.get(self.attack)(**self.params)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "attack": self.attack,
+            "label": self.label,
+            "norm": self.norm,
+            "params": dict(self.params),
+            "minimizes_norm": self.minimizes_norm,
+        }
+
+
+# The default battery; hyperparameters are the papers' except where noted (APGD: 50 steps, C&W:
+# 50 steps x 5 binary-search rounds, which reach the same success on digits at a fraction of the cost).
+CHECKS: dict[str, Check] = {
+    c.key: c
+    for c in (
+        Check("fgsm", "fgsm", {}, "linf", "FGSM"),
+        Check("bim", "bim", {}, "linf", "BIM"),
+        Check("pgd", "pgd", {"steps": 40}, "linf", "PGD"),
+        Check("apgd-ce", "apgd", {"loss": "ce", "steps": 50}, "linf", "APGD-CE"),
+        Check("apgd-dlr", "apgd", {"loss": "dlr", "steps": 50}, "linf", "APGD-DLR"),
+        Check("cw", "cw", {"steps": 50, "binary_search_steps": 5}, "l2", "C&W-L2"),
+    )
+}
+DEFAULT_CHECKS: tuple[str, ...] = tuple(CHECKS)
+
+
+def check_names() -> list[str]:
+    """Every name `resolve_checks` accepts: the battery's checks and any untargeted registered attack."""
+    extra = [n for n in ATTACKS.names() if n not in CHECKS and "untargeted" in ATTACKS.get(n).goals]
+    return [*CHECKS, *extra]
+
+
+def resolve_checks(names: Sequence[str | Check]) -> list[Check]:
+    """Battery keys (`apgd-dlr`), registered attack names (`mifgsm`, linf) or ready `Check`s."""
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    checks: list[Check] = []
+    for item in names:
+        if isinstance(item, Check):
+            checks.append(item)
+            continue
+        if not isinstance(item, str):
+            raise invalid("attacks", item, "attack names or Check objects", cls=RampartsTypeError)
+        name = item.strip().lower()
+        if name in CHECKS:
+            checks.append(CHECKS[name])
+        elif name in ATTACKS and "untargeted" in ATTACKS.get(name).goals:
+            cls = ATTACKS.get(name)
+            checks.append(Check(name, name, {}, "l2" if cls.minimizes_norm else "linf", name.upper()))
+        else:
+            raise unknown("attacks", item, check_names())
+    if not checks:
+        raise invalid("attacks", list(names), "at least one attack", f"pick from {', '.join(check_names())}.")
+    keys = [c.key for c in checks]
+    if len(set(keys)) != len(keys):
+        raise invalid("attacks", keys, "each attack once", "remove the repeated names.")
+    return checks
+
+
+def parse_grid_eps(eps: float | str, bounds: tuple[float, float]) -> float:
+    """One linf budget of the grid (a number, '8/255' or '5px'), checked to lie in [0, width of bounds]."""
+    value = parse_eps(eps, norm="linf", bounds=bounds, pixel_scale=255.0)
+    if not (math.isfinite(value) and 0 <= value <= bounds[1] - bounds[0]):
+        raise invalid("eps", eps, f"a budget in [0, {bounds[1] - bounds[0]:g}] for linf", "e.g. 8/255.")
+    return value
+
+
+def resolve_grid(
+    grid: Sequence[float | str] | str, reference: float, bounds: tuple[float, float]
+) -> list[float]:
+    """The sorted, deduplicated grid (comma-separated string or sequence) with `reference` added, 0 dropped."""
+    if isinstance(grid, str):
+        grid = [e for e in grid.split(",") if e.strip()]
+    values = {round(parse_grid_eps(e, bounds), 12) for e in grid}
+    values.add(round(reference, 12))
+    values.discard(0.0)
+    return sorted(values)
+
+
+def l2_cap(input_numel: int, width: float = 1.0) -> float:
+    """The L2 diameter of the input box: a budget that does not bind (minimum-norm checks run under it)."""
+    return width * math.sqrt(input_numel)

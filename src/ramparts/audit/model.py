@@ -1,0 +1,157 @@
+"""The model under audit: the default split and model, wrapping, fingerprints, and its files in the run folder."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ramparts import zoo
+from ramparts.data import Dataset, load_digits, train_test_split
+from ramparts.errors import RampartsError, RampartsTypeError, invalid
+from ramparts.oracles import Oracle, TorchOracle
+from ramparts.training import TrainConfig, train
+
+DEFAULT_ARCH = "small_cnn"
+DEFAULT_EPOCHS = 10
+# The default model's training hyperparameters (besides epochs and seed).
+_TRAIN_LR = 2e-3
+_TRAIN_BATCH = 64
+
+
+def default_split(ds: Dataset | None = None, *, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(train, test) of the embedded digits (or `ds`): 75% / 25%, stratified, fixed by `seed`."""
+    return train_test_split(ds if ds is not None else load_digits(), test_fraction=0.25, seed=seed)
+
+
+def train_default_model(
+    train_ds: Dataset,
+    test_ds: Dataset | None = None,
+    *,
+    arch: str = DEFAULT_ARCH,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train `arch` from the zoo on `train_ds`; returns the model (eval mode) and its description."""
+    c, h, w = train_ds.input_shape
+    if h != w:
+        raise invalid("data", train_ds.input_shape, "square images for the zoo's architectures")
+    config = {"in_channels": c, "input_size": h, "num_classes": train_ds.num_classes}
+    torch.manual_seed(seed)
+    model = zoo.build(arch, **config)
+    train_config = TrainConfig(epochs=epochs, lr=_TRAIN_LR, batch_size=_TRAIN_BATCH, seed=seed)
+    t0 = time.perf_counter()
+    report = train(model, train_ds, config=train_config, val=test_ds, progress=progress)
+    info: dict[str, Any] = {
+        "arch": arch,
+        "config": config,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trained_here": True,
+        "training": report.summary(),
+        "train_seconds": time.perf_counter() - t0,
+        "train_accuracy": report.train_acc[-1],
+        "test_accuracy": report.val_acc[-1],
+    }
+    return model, info
+
+
+def wrap(model: Any, ds: Dataset) -> Oracle:
+    """`model` as an oracle: an Oracle as is, an nn.Module in a TorchOracle checked against the data's shape."""
+    if isinstance(model, Oracle):
+        return model
+    if not isinstance(model, nn.Module):
+        raise invalid(
+            "model", type(model).__name__, "a torch nn.Module or a ramparts Oracle", cls=RampartsTypeError
+        )
+    try:
+        return TorchOracle(model, input_shape=ds.input_shape)
+    except RuntimeError as exc:
+        raise invalid(
+            "model",
+            type(model).__name__,
+            f"a model accepting the data's input shape {ds.input_shape}",
+            str(exc),
+        ) from exc
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """sha256 of the tensors' dtypes, shapes and bytes: equal digests, equal tensors."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def model_identity(oracle: Oracle) -> dict[str, Any]:
+    """What makes two given models the same for the audit: class, weights and normalisation.
+
+    Oracles other than TorchOracle cannot be fingerprinted (`weights_sha256` None): never resumed.
+    """
+    if not isinstance(oracle, TorchOracle):
+        return {"oracle": type(oracle).__name__, "weights_sha256": None}
+    # The device too: the same seed gives the same result on the same device only.
+    state = oracle.model.state_dict()
+    stats = [t for t in (oracle._mean, oracle._std) if t is not None]  # the normalisation is the model's too
+    return {
+        "oracle": type(oracle).__name__,
+        "module": type(oracle.model).__name__,
+        "weights_sha256": tensor_digest(*(state[k] for k in sorted(state)), *stats),
+        "parameter_names_sha256": hashlib.sha256("\n".join(sorted(state)).encode()).hexdigest(),
+        "normalised": [oracle._mean is not None, oracle._std is not None],
+        "device": oracle.device.type,
+    }
+
+
+def training_identity(train_ds: Dataset, *, epochs: int, seed: int) -> dict[str, Any]:
+    """What makes two default models the same: architecture, hyperparameters, seed and training data."""
+    return {
+        "trained_here": True,
+        "arch": DEFAULT_ARCH,
+        "epochs": epochs,
+        "seed": seed,
+        "lr": _TRAIN_LR,
+        "batch_size": _TRAIN_BATCH,
+        "train_data_sha256": tensor_digest(train_ds.x, train_ds.y),
+        "device": TrainConfig().resolve_device().type,
+    }
+
+
+def save_model(
+    model: Any, info: Mapping[str, Any], data: Mapping[str, Any], bounds: tuple[float, float], out: Path
+) -> None:
+    """The audited model into the run folder: zoo format (safetensors + JSON) when its architecture is known."""
+    module = model.model if isinstance(model, TorchOracle) else model
+    if not isinstance(module, nn.Module):
+        return
+    if isinstance(info.get("arch"), str) and isinstance(info.get("config"), dict):
+        extra = {
+            "classes": data["classes"],
+            "dataset": data["name"],
+            "input_shape": data["input_shape"],
+            "bounds": list(bounds),
+        }
+        zoo.save_model(module, out / "model", arch=info["arch"], config=info["config"], extra=extra)
+    else:
+        zoo.save_weights(module, out / "model.safetensors")
+
+
+def load_trained_model(out: Path, info: Mapping[str, Any]) -> nn.Module | None:
+    """The default model an earlier run of this configuration trained and saved in `out` (safetensors, no
+    unpickling), on the device training would use; None when it is not there (then train again)."""
+    if not ((out / "model.json").is_file() and (out / "model.safetensors").is_file()):
+        return None
+    try:
+        model, meta = zoo.load_model(out / "model")
+    except RampartsError:  # a file cut short by the interruption: train again
+        return None
+    if meta.get("arch") != info.get("arch") or meta.get("config") != info.get("config"):
+        return None
+    return model.to(TrainConfig().resolve_device())

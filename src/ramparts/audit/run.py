@@ -1,0 +1,256 @@
+"""`run_audit`: validate the request, prepare (or resume) the run folder, run the checks, write the report."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from ramparts.audit.checks import (
+    DEFAULT_CHECKS,
+    DEFAULT_EPS_GRID,
+    DEFAULT_N,
+    DEFAULT_REFERENCE_EPS,
+    Check,
+    parse_grid_eps,
+    resolve_checks,
+    resolve_grid,
+)
+from ramparts.audit.model import (
+    DEFAULT_ARCH,
+    DEFAULT_EPOCHS,
+    default_split,
+    load_trained_model,
+    model_identity,
+    save_model,
+    tensor_digest,
+    train_default_model,
+    training_identity,
+    wrap,
+)
+from ramparts.audit.report import AuditReport, describe_data, reference_row, worst_case
+from ramparts.audit.run_folder import open_run_folder, run_config
+from ramparts.audit.runner import CONFIDENT, AuditRun
+from ramparts.data import Dataset
+from ramparts.errors import invalid
+from ramparts.evasion import ATTACKS
+from ramparts.oracles import Knowledge, Oracle, TorchOracle
+from ramparts.report.environment import collect_environment
+from ramparts.report.figures import evasion_figures
+from ramparts.report.html import write_html
+from ramparts.report.json import write_json
+from ramparts.report.summary import attack_citation, headlines
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Progress]:
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not (enabled and console.is_terminal),
+        transient=False,
+    ) as bar:
+        yield bar
+
+
+def run_audit(
+    model: nn.Module | Oracle | None = None,
+    train_ds: Dataset | None = None,
+    test_ds: Dataset | None = None,
+    *,
+    eps_grid: Sequence[float | str] | str = DEFAULT_EPS_GRID,
+    attacks: Sequence[str | Check] | str = DEFAULT_CHECKS,
+    n: int = DEFAULT_N,
+    seed: int = 0,
+    reference_eps: float | str = DEFAULT_REFERENCE_EPS,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+    model_info: Mapping[str, Any] | None = None,
+    epochs: int = DEFAULT_EPOCHS,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    fail_under: float | None = None,
+    overwrite: bool = False,
+) -> AuditReport:
+    """Audit `model` (default: train `small_cnn` on `train_ds`, default the digits) on `n` test images.
+
+    `eps_grid`: linf budgets (floats, '8/255', '5px' or one comma-separated string); the reference eps
+    is added to it. `attacks`: keys of `CHECKS`, other registered attack names, or `Check`s.
+    `out_dir`: the run folder to write (None: nothing written, figures kept in memory). A folder holding
+    a run of the same configuration (model weights or training setup, data, checks, grid, n, seed) is
+    resumed: what it recorded is reused and only the rest is run. A folder of another configuration is
+    refused (`RunFolderMismatchError`) unless `overwrite`, which starts afresh.
+    `fail_under`: a gate; `report.gate["passed"]` says whether the worst-case accuracy under attack at
+    the reference eps reached it.
+    """
+    t_start = time.perf_counter()
+    for name, value in (("n", n), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "n" else 0):
+            raise invalid(name, value, f"an integer >= {1 if name == 'n' else 0}")
+    if fail_under is not None and (
+        isinstance(fail_under, bool) or not isinstance(fail_under, int | float) or not 0 <= fail_under <= 1
+    ):
+        raise invalid("fail_under", fail_under, "an accuracy in [0, 1]", "e.g. --fail-under 0.5.")
+    ref = parse_grid_eps(reference_eps, bounds)
+    if ref <= 0:
+        raise invalid("reference_eps", reference_eps, "a budget > 0", "e.g. 8/255.")
+    grid = resolve_grid(eps_grid, ref, bounds)
+    checks = resolve_checks(attacks)
+    if train_ds is None and test_ds is None:
+        train_ds, test_ds = default_split(seed=0)
+    if test_ds is None:
+        raise invalid(
+            "test_ds", None, "a held-out Dataset to attack", "pass test_ds=... (train_ds is optional)."
+        )
+    oracle = None if model is None else _white_box(model, test_ds)
+    identity = {
+        "model": model_identity(oracle)
+        if oracle is not None
+        else training_identity(_trainable(train_ds), epochs=epochs, seed=seed),
+        "data": {"test_data_sha256": tensor_digest(test_ds.x, test_ds.y)},
+    }
+    config = run_config(
+        checks=checks,
+        grid=grid,
+        ref=ref,
+        n=min(n, len(test_ds)),
+        seed=seed,
+        bounds=bounds,
+        input_numel=test_ds.x[0].numel(),
+        identity=identity,
+    )
+    out = Path(out_dir) if out_dir is not None else None
+    recorded = open_run_folder(out, config, overwrite=overwrite) if out is not None else None
+    data = describe_data(train_ds, test_ds)
+    linf = [c for c in checks if not c.minimizes_norm]
+    minimal = [c for c in checks if c.minimizes_norm]
+    timings: dict[str, float] = {}
+    info: dict[str, Any] = dict(model_info or {})
+    model_reused = False
+
+    with _progress(progress) as bar:
+        task = bar.add_task("audit", total=len(linf) * len(grid) + len(minimal) + (model is None) + 1)
+        if oracle is None:
+            saved = recorded.metrics.get("model") if recorded is not None else None
+            module = load_trained_model(out, saved) if out is not None and isinstance(saved, dict) else None
+            if module is not None and isinstance(saved, dict):
+                info, model_reused = dict(saved), True
+            else:
+                bar.update(task, description=f"training {DEFAULT_ARCH} ({epochs} epochs)")
+                t0 = time.perf_counter()
+                module, info = train_default_model(_trainable(train_ds), test_ds, epochs=epochs, seed=seed)
+                timings["train_s"] = time.perf_counter() - t0
+            bar.advance(task)
+            oracle = _white_box(module, test_ds)
+        torch_module = oracle.model if isinstance(oracle, TorchOracle) else None
+        if torch_module is not None:
+            info.setdefault("parameters", sum(p.numel() for p in torch_module.parameters()))
+        info.setdefault("description", type(torch_module if torch_module is not None else oracle).__name__)
+        if out is not None and not model_reused:
+            save_model(oracle, info, data, bounds, out)
+        run = AuditRun(
+            oracle,
+            test_ds,
+            n,
+            seed,
+            bounds,
+            grid,
+            out,
+            lambda text: bar.update(task, description=text),
+            recorded,
+            info,
+        )
+        run.write_metrics()
+        for check in linf:
+            t0 = time.perf_counter()
+            run.sweep(check, grid, on_step=lambda: bar.advance(task))
+            timings[f"{check.key}_s"] = time.perf_counter() - t0
+        for check in minimal:
+            t0 = time.perf_counter()
+            run.minimum_norm(check)
+            timings[f"{check.key}_s"] = time.perf_counter() - t0
+            bar.advance(task)
+
+        bar.update(task, description="report")
+        t0 = time.perf_counter()
+        worst = worst_case(run.findings, grid, run.masks, run.correct)
+        reference = reference_row(run.findings, worst, ref, run.clean_accuracy, bounds)
+        main = next((c for c in linf if c.key == "pgd"), linf[0] if linf else None)
+        report = AuditReport(
+            config=config,
+            model=info,
+            data=data,
+            clean_accuracy=run.clean_accuracy,
+            findings=run.findings,
+            worst_case=worst,
+            minimum_norm=run.minimal,
+            reference=reference,
+            headlines=headlines(
+                n=len(run.x),
+                clean=run.clean_accuracy,
+                reference=reference,
+                worst_case=worst,
+                minimum_norm=run.minimal,
+                linf_labels={c.key: c.label for c in linf},
+                main=main.key if main else None,
+            ),
+            citations={c.label: attack_citation(ATTACKS.get(c.attack)) for c in checks},
+            timings=timings,
+            environment=collect_environment(),
+            out_dir=out,
+            resumed=None
+            if recorded is None
+            else {
+                "measurements_reused": run.reused,
+                "measurements": len(linf) * len(grid) + len(minimal),
+                "model_reused": model_reused,
+            },
+            arrays=run.arrays,
+        )
+        if fail_under is not None:
+            acc = reference["robust_accuracy"]
+            passed = acc is not None and acc >= fail_under
+            report.gate = {
+                "fail_under": float(fail_under),
+                "eps": ref,
+                "robust_accuracy": acc,
+                "passed": passed,
+            }
+        examples = run.examples(main) if main is not None else []
+        if examples and main is not None:
+            config["examples_from"] = main.label
+            config["examples_min_confidence"] = CONFIDENT
+        report.figures = evasion_figures(report.to_dict(), examples)
+        timings["report_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_start
+        if out is not None:
+            run.write_metrics()
+            write_html(report.to_dict(), report.figures, out / "report.html")
+            timings["total_s"] = time.perf_counter() - t_start
+            write_json(report.to_dict(), out / "report.json")
+        bar.advance(task)
+    return report
+
+
+def _trainable(train_ds: Dataset | None) -> Dataset:
+    """The data to train the default model on (there is no model to audit)."""
+    if train_ds is None:
+        raise invalid("train_ds", None, "a Dataset to train the default model on", "or pass model=...")
+    return train_ds
+
+
+def _white_box(model: Any, test_ds: Dataset) -> Oracle:
+    """`model` wrapped as an oracle that offers gradients (the battery is white-box)."""
+    oracle = wrap(model, test_ds)
+    if oracle.knowledge < Knowledge.GRADIENT:
+        raise invalid("model", type(oracle).__name__, "a model with gradients for the white-box battery")
+    return oracle

@@ -7,6 +7,7 @@ import os
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning made torch ~10x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -35,6 +36,15 @@ def _tiny_cnn() -> nn.Module:
         nn.ReLU(),
         nn.Linear(32, 10),
     )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and do not fight other jobs for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,31 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ramparts.data import DATASET_FORMS
 from ramparts.errors import RampartsError
+
+# Options shared by the commands that take a model and a dataset.
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model saved by `ramparts train` (folder, .json or .safetensors). "
+        "Default: train small_cnn on the data first (a few seconds on digits).",
+    ),
+]
+DataOption = Annotated[
+    str | None,
+    typer.Option(
+        "--data", "-d", help=f"Dataset: {'; '.join(DATASET_FORMS)}. Default: the model's, else digits."
+    ),
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -10,8 +10,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ramparts.cli._common import err, load_target, make_oracle, out, print_json, user_errors
-from ramparts.data import DATASET_FORMS
+from ramparts.cli._common import (
+    DataOption,
+    ModelOption,
+    err,
+    load_target,
+    make_oracle,
+    out,
+    print_json,
+    user_errors,
+)
 from ramparts.errors import invalid
 from ramparts.evasion import ATTACKS
 from ramparts.threat import GOALS, NORMS, TARGET_RULES
@@ -58,21 +66,8 @@ def attack_command(
     attack: Annotated[
         str, typer.Option("--attack", "-a", help=f"Attack: {', '.join(ATTACKS.names())}.")
     ] = "pgd",
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Model saved by `ramparts train` (folder, .json or .safetensors). "
-            "Default: train small_cnn on the data first.",
-        ),
-    ] = None,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data", "-d", help=f"Dataset: {'; '.join(DATASET_FORMS)}. Default: the model's, else digits."
-        ),
-    ] = None,
+    model: ModelOption = None,
+    data: DataOption = None,
     eps: Annotated[
         str | None,
         typer.Option(

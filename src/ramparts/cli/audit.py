@@ -19,6 +19,8 @@ from ramparts.audit import (
 )
 from ramparts.cli._common import (
     EXIT_GATE,
+    DataOption,
+    ModelOption,
     err,
     fail,
     load_splits,
@@ -28,26 +30,12 @@ from ramparts.cli._common import (
     print_json,
     user_errors,
 )
-from ramparts.data import DATASET_FORMS
 
 
 @user_errors
 def audit_command(
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Model saved by `ramparts train` (folder, .json or .safetensors). "
-            "Default: train small_cnn on the data in a few seconds.",
-        ),
-    ] = None,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data", "-d", help=f"Dataset: {'; '.join(DATASET_FORMS)}. Default: the model's, else digits."
-        ),
-    ] = None,
+    model: ModelOption = None,
+    data: DataOption = None,
     out_dir: Annotated[
         Path | None,
         typer.Option(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 from torch.nn import functional as F
 
 from ramparts.criteria import Criterion
-from ramparts.evasion import ATTACKS, Tracker
+from ramparts.evasion import ATTACKS, AttackProgress, Tracker
 from ramparts.evasion.apgd import checkpoints, dlr_loss
 from ramparts.threat import ThreatModel
 
@@ -172,3 +174,22 @@ def test_criterion_margin_sign_matches_argmax() -> None:
     assert torch.equal(crit.reached(lp), lp.argmax(dim=1) != y)
     t = (y + 1) % 10
     assert torch.equal(Criterion("targeted", y, t).reached(lp), lp.argmax(dim=1) == t)
+
+
+def test_progress_callback_reports_queries_and_successes(digits_model: Trained) -> None:
+    seen: list[AttackProgress] = []
+    r = ATTACKS.get("pgd")(steps=10)(
+        digits_model.oracle, digits_model.x, digits_model.y, ThreatModel(eps=0.2), progress=seen.append
+    )
+    assert seen, "no progress reported"
+    last = seen[-1]
+    assert last.succeeded == int(r.success.sum())
+    assert last.queries_total == int(r.queries.sum())
+    assert all(a.queries_total <= b.queries_total for a, b in pairwise(seen))
+
+
+def test_distance_tracker_does_not_count_successes_outside_the_ball() -> None:
+    x = torch.zeros(1, 4)
+    t = Tracker(x, torch.tensor([1.0]), ThreatModel(norm="l2", eps=0.5), mode="distance")
+    t.offer(torch.arange(1), torch.full((1, 4), 0.4), torch.tensor([-1.0]))  # adversarial, distance 0.8
+    assert not bool(t.success[0])

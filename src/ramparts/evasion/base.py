@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, final
 
@@ -50,6 +50,7 @@ class Tracker:
         self.mode = mode
         self.distance = torch.zeros_like(margin)
         self._x0 = x
+        self.listener: Callable[[], None] | None = None
 
     @property
     def success(self) -> Tensor:
@@ -68,7 +69,10 @@ class Tracker:
             x0 = self._x0 if idx is None else self._x0[idx]
             dist = self.threat.distance(x_cand, x0)
             old_dist = self.distance if idx is None else self.distance[idx]
-            won, was_won = (margin < 0) & (dist <= self.threat.eps_value), old < 0
+            within = dist <= self.threat.eps_value
+            # An adversarial point outside the ball is not a success: score it by how far outside it is.
+            margin = torch.where(within, margin, margin.clamp_min(0) + (dist - self.threat.eps_value))
+            won, was_won = margin < 0, old < 0
             better = (won & (~was_won | (dist < old_dist))) | (~won & ~was_won & (margin < old))
         mask = better.view((-1,) + (1,) * (x_cand.dim() - 1))
         if idx is None:
@@ -76,16 +80,58 @@ class Tracker:
             self.margin = torch.where(better, margin, old)
             if dist is not None:
                 self.distance = torch.where(better, dist, self.distance)
-            return better
-        self.x[idx] = torch.where(mask, x_cand, self.x[idx])
-        self.margin[idx] = torch.where(better, margin, old)
-        if dist is not None:
-            self.distance[idx] = torch.where(better, dist, self.distance[idx])
+        else:
+            self.x[idx] = torch.where(mask, x_cand, self.x[idx])
+            self.margin[idx] = torch.where(better, margin, old)
+            if dist is not None:
+                self.distance[idx] = torch.where(better, dist, self.distance[idx])
+        if self.listener is not None:
+            self.listener()
         return better
 
     def pending(self) -> Tensor:
         """Indices of the samples that have not yet reached the goal."""
         return (~self.success).nonzero()[:, 0]
+
+
+@dataclass(frozen=True)
+class AttackProgress:
+    """A snapshot for progress displays: samples that reached the goal and queries spent so far."""
+
+    attack: str
+    n: int
+    succeeded: int
+    queries_total: int
+    queries_max: int
+    elapsed_s: float
+
+
+class _Reporter:
+    """Calls a progress callback after tracker updates, at most every `every_s` seconds."""
+
+    def __init__(
+        self, name: str, tracker: Tracker, box: LabelBox, callback: Callable[[AttackProgress], None]
+    ) -> None:
+        self.name, self.tracker, self.box, self.callback = name, tracker, box, callback
+        self.t0 = self.last = time.perf_counter()
+        self.every_s = 0.1
+
+    def __call__(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self.last < self.every_s:
+            return
+        self.last = now
+        queries = self.box.queries
+        self.callback(
+            AttackProgress(
+                self.name,
+                len(queries),
+                int(self.tracker.success.sum()),
+                int(queries.sum()),
+                int(queries.max()),
+                now - self.t0,
+            )
+        )
 
 
 @dataclass
@@ -141,12 +187,14 @@ class EvasionAttack(HasParams):
         seed: int = 0,
         max_queries: int | None = None,
         early_stop: bool = True,
+        progress: Callable[[AttackProgress], None] | None = None,
     ) -> EvasionResult:
         """Attack the batch `(x, y)` of `target` within `threat`; see the class docstring for the method.
 
         `targets`: per-sample classes when `threat.target == "given"`. `max_queries`: per-sample budget
         of queries (forward evaluations). `early_stop`: samples stop costing compute once they reach the
-        goal (on by default, as an evaluation wants).
+        goal (on by default, as an evaluation wants). `progress`: called with an `AttackProgress` at most
+        ten times a second while the attack runs, and once at the end.
         """
         self.validate_params()
         if not isinstance(threat, ThreatModel):
@@ -174,6 +222,8 @@ class EvasionAttack(HasParams):
             tracker = Tracker(x, start_margin, threat, self.tracking)
             box = view_for(oracle, self.knowledge, len(x), max_queries)
             ctx = AttackContext(box, x, criterion, threat, tracker, generator, early_stop)
+            reporter = None if progress is None else _Reporter(self.name, tracker, box, progress)
+            tracker.listener = reporter
             exhausted = False
             _synchronize(oracle.device)
             t0 = time.perf_counter()
@@ -184,6 +234,8 @@ class EvasionAttack(HasParams):
                 exhausted = True
             _synchronize(oracle.device)
             elapsed = time.perf_counter() - t0
+            if reporter is not None:
+                reporter(force=True)
             x_adv = threat.project(tracker.x, x)
             adv_lp, adv_pred = _privileged(oracle, x_adv)
         success = _margin(criterion, adv_lp, adv_pred) < 0

@@ -11,6 +11,15 @@ import torch
 from torch import Tensor
 
 
+def log_probabilities(probs: Tensor) -> Tensor:
+    """Log of (renormalised) class probabilities, floored at float32's smallest normal number.
+
+    A floor keeps margins finite (log 0 = -inf would turn them into NaN) without distorting them as a
+    coarse floor such as 1e-12 (log = -27.6) would.
+    """
+    return (probs / probs.sum(dim=1, keepdim=True)).clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
 class Knowledge(enum.IntEnum):
     """Access levels, ordered: a gradient oracle can also answer score and label queries."""
 

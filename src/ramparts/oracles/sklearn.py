@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ramparts.errors import RampartsTypeError, invalid
-from ramparts.oracles.base import Knowledge, Oracle
+from ramparts.oracles.base import Knowledge, Oracle, log_probabilities
 
 
 class SklearnOracle(Oracle):
@@ -60,7 +60,7 @@ class SklearnOracle(Oracle):
         if self.knowledge < Knowledge.SCORE:
             raise NotImplementedError("this oracle answers labels only")
         proba = np.asarray(self.estimator.predict_proba(self._numpy(x)), dtype=np.float32)
-        return torch.from_numpy(proba).to(self.device).clamp_min(1e-12).log()
+        return log_probabilities(torch.from_numpy(proba).to(self.device))
 
     @torch.no_grad()
     def labels(self, x: Tensor) -> Tensor:

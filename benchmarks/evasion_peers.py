@@ -22,15 +22,11 @@ Results: a table on stdout, a JSON next to `--out` (`evasion_peers.<device>.json
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import datetime as _dt
 import io
 import json
-import os
-import platform
 import pstats
-import re
 import statistics
 import sys
 import time
@@ -44,19 +40,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "src") not in sys.path:  # run from a checkout without installing (the GPU machine)
-    sys.path.insert(0, str(ROOT / "src"))
-
-from ramparts import data as rdata  # noqa: E402
-from ramparts import training, zoo  # noqa: E402
-from ramparts.evasion import ATTACKS  # noqa: E402
-from ramparts.oracles import TorchOracle  # noqa: E402
-from ramparts.threat import ThreatModel  # noqa: E402
-
-ARCH = "carlini_cnn"
-ARCH_CONFIG = {"in_channels": 1, "input_size": 28, "num_classes": 10}
-INPUT_SHAPE = (1, 28, 28)
+from _common import (
+    ARCH,
+    INPUT_SHAPE,
+    ROOT,
+    fmt,
+    machine_info,
+    machine_label,
+    reseed,
+    sync,
+    write_section,
+)
+from _common import get_model as _get_model
+from _common import section_key as _section_key
+from ramparts import data as rdata
+from ramparts import training
+from ramparts.evasion import ATTACKS
+from ramparts.oracles import TorchOracle
+from ramparts.threat import ThreatModel
 
 # Targets of issue 2 ("Benchmark (not a timed test)").
 ACC_SLACK = 0.002  # our robust accuracy <= best peer's + 0.2 points
@@ -67,81 +68,9 @@ NOES_VS_FLOOR = 1.05  # without early stopping: wall time <= 1.05 x the floor
 # --------------------------------------------------------------------------------------------- setup
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def reseed(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info: dict[str, Any] = {
-        "device": str(device),
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-        info["cudnn"] = torch.backends.cudnn.version()
-        info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
-        info["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
-    for name in ("torchattacks", "foolbox", "eagerpy", "art"):
-        try:
-            mod = __import__(name)
-            info[name] = getattr(mod, "__version__", "?")
-        except Exception as exc:
-            info[name] = f"missing ({type(exc).__name__})"
-    return info
-
-
-def machine_label(info: dict[str, Any]) -> str:
-    if "gpu" in info:
-        return f"{info['gpu']} (CUDA {info['cuda']}), host CPU {info['cpu']} x{info['cpu_cores']}"
-    return f"{info['cpu']}, {info['cpu_cores']} cores ({info['torch_threads']} torch threads), no GPU"
-
-
 def get_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """The cached carlini_cnn, or train one (deterministic: seed 0) and cache it."""
-    prefix = Path(args.model_dir) / f"{ARCH}_mnist_e{args.epochs}_s{args.seed}"
-    info: dict[str, Any] = {"path": str(prefix) + ".safetensors"}
-    if (prefix.with_suffix(".json")).is_file() and not args.retrain:
-        model, meta = zoo.load_model(prefix)
-        info.update(cached=True, **meta.get("extra", {}))
-    else:
-        train = rdata.load_shared("mnist", split="train")
-        reseed(args.seed)
-        model = zoo.build(ARCH, **ARCH_CONFIG)
-        cfg = training.TrainConfig(
-            epochs=args.epochs, batch_size=128, lr=1e-3, seed=args.seed, device=str(device)
-        )
-        t0 = time.perf_counter()
-        report = training.train(model, train, config=cfg, progress=sys.stderr.isatty())
-        extra = {
-            "train_seconds": round(time.perf_counter() - t0, 1),
-            "train_device": str(device),
-            "train_acc": report.train_acc[-1],
-            "train_config": cfg.to_dict(),
-        }
-        zoo.save_model(model, prefix, arch=ARCH, config=ARCH_CONFIG, extra=extra)
-        info.update(cached=False, **extra)
-    model = model.to(device).eval()
-    return model, info
+    return _get_model(args.model_dir, args.epochs, args.seed, device, args.retrain)
 
 
 # ------------------------------------------------------------------------------------------- runners
@@ -550,10 +479,6 @@ def profile_ours(
 # ---------------------------------------------------------------------------------------- reporting
 
 
-def fmt(v: Any, spec: str, none: str = "") -> str:
-    return none if v is None else format(v, spec)
-
-
 def table(res: dict[str, Any]) -> str:
     head = (
         "| section | tool / setting | robust acc % | Δ vs best peer (pts) | wall s (median) | ours loop s "
@@ -609,29 +534,18 @@ def render_section(res: dict[str, Any]) -> str:
 
 
 def section_key(res: dict[str, Any]) -> str:
-    info = res["machine"]
-    dev = info.get("gpu") or info["cpu"]
-    return re.sub(r"[^A-Za-z0-9]+", "-", f"{dev} n{res['config']['n']}").strip("-").lower()
+    return _section_key(res["machine"], f"n{res['config']['n']}")
 
 
 def write_results_md(path: Path, res: dict[str, Any]) -> None:
-    section = render_section(res)
-    key = section_key(res)
-    text = (
-        path.read_text(encoding="utf-8")
-        if path.is_file()
-        else "# Benchmark results\n\nSee docs/benchmarks.md for how to run them.\n"
+    write_section(
+        path,
+        "evasion_peers",
+        section_key(res),
+        render_section(res),
+        "## Evasion: PGD-Linf vs peers (`benchmarks/evasion_peers.py`)",
+        heading_marker="## Evasion: PGD-Linf vs peers",
     )
-    pattern = re.compile(
-        rf"<!-- evasion_peers:{re.escape(key)} -->.*?<!-- /evasion_peers:{re.escape(key)} -->", re.S
-    )
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        if "## Evasion: PGD-Linf vs peers" not in text:
-            text = text.rstrip() + "\n\n## Evasion: PGD-Linf vs peers (`benchmarks/evasion_peers.py`)\n"
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------- main

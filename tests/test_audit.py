@@ -15,7 +15,16 @@ import pytest
 import torch
 
 import ramparts.audit.run
-from ramparts.audit import CHECKS, AuditReport, Check, RunFolderMismatchError, resolve_checks, run_audit
+from ramparts.audit import (
+    CHECKS,
+    AuditReport,
+    BlackBoxCheck,
+    Check,
+    RunFolderMismatchError,
+    resolve_blackbox,
+    resolve_checks,
+    run_audit,
+)
 from ramparts.data import Dataset, load_digits
 from ramparts.errors import UnknownNameError, ValidationError
 
@@ -25,6 +34,11 @@ FAST = [
     Check("pgd", "pgd", {"steps": 10}, "linf", "PGD"),
     Check("cw", "cw", {"steps": 20, "binary_search_steps": 3}, "l2", "C&W-L2"),
 ]
+BLACKBOX = [
+    BlackBoxCheck("square", "square", {}, "linf", "Square", "n_queries"),
+    BlackBoxCheck("hopskipjump", "hopskipjump", {}, "l2", "HopSkipJump"),
+]
+BUDGETS = (20, 50, 150)
 # The module's audit; the resume tests rerun it in copies of its folder.
 KWARGS: dict[str, Any] = {
     "eps_grid": EPS,
@@ -33,7 +47,13 @@ KWARGS: dict[str, Any] = {
     "seed": 0,
     "reference_eps": 0.1,
     "model_info": {"description": "tiny <b>cnn</b>"},
+    "blackbox": BLACKBOX,
+    "query_budgets": BUDGETS,
+    "blackbox_n": 24,
+    "blackbox_l2_eps": 1.5,
 }
+# Audits that test something else leave the black-box section out.
+NO_BB: dict[str, Any] = {"blackbox": None}
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +150,7 @@ def test_report_json_has_findings_threats_environment_and_timings(audit: AuditRe
 
 
 def test_gate_passes_and_fails(digits_model, held_out: Dataset) -> None:
-    kwargs = {"eps_grid": "0.3", "attacks": "fgsm", "n": 30, "reference_eps": 0.3}
+    kwargs = {"eps_grid": "0.3", "attacks": "fgsm", "n": 30, "reference_eps": 0.3, **NO_BB}
     strict = run_audit(digits_model.model, None, held_out, fail_under=0.99, **kwargs)
     lax = run_audit(digits_model.model, None, held_out, fail_under=0.0, **kwargs)
     assert strict.gate is not None
@@ -148,7 +168,14 @@ def test_gate_passes_and_fails(digits_model, held_out: Dataset) -> None:
 
 def test_reference_eps_joins_the_grid(digits_model, held_out: Dataset) -> None:
     report = run_audit(
-        digits_model.model, None, held_out, eps_grid="0.3", attacks="fgsm", n=20, reference_eps="8/255"
+        digits_model.model,
+        None,
+        held_out,
+        eps_grid="0.3",
+        attacks="fgsm",
+        n=20,
+        reference_eps="8/255",
+        **NO_BB,
     )
     assert [f["eps"] for f in report.findings] == pytest.approx([8 / 255, 0.3])
     assert report.reference["eps_label"] == "8/255"
@@ -174,11 +201,15 @@ def test_resolve_checks() -> None:
         ({"n": 0}, "n"),
         ({"fail_under": 1.5}, "fail_under"),
         ({"reference_eps": "0"}, "reference_eps"),
+        ({"blackbox": "square", "query_budgets": "0,10"}, "query_budgets"),
+        ({"blackbox": "square", "query_budgets": "ten"}, "query_budgets"),
+        ({"blackbox": "square", "blackbox_n": 0}, "blackbox_n"),
+        ({"blackbox": "hopskipjump", "blackbox_l2_eps": "-1"}, "blackbox_l2_eps"),
     ],
 )
 def test_bad_arguments_name_the_parameter(digits_model, held_out: Dataset, kwargs: dict, param: str) -> None:
     with pytest.raises(ValidationError, match=param):
-        run_audit(digits_model.model, None, held_out, attacks="fgsm", **kwargs)
+        run_audit(digits_model.model, None, held_out, attacks="fgsm", **{**NO_BB, **kwargs})
 
 
 def test_metrics_are_strict_json(audit: AuditReport) -> None:
@@ -192,7 +223,11 @@ def test_metrics_are_strict_json(audit: AuditReport) -> None:
 
 def test_default_audit_needs_no_arguments() -> None:
     """run_audit() trains the default model itself; a tiny grid keeps this fast."""
-    report = run_audit(eps_grid="0.3", attacks="fgsm", n=20, epochs=1, reference_eps=0.3)
+    report = run_audit(
+        eps_grid="0.3", attacks="fgsm", n=20, epochs=1, reference_eps=0.3, query_budgets="10,30"
+    )
+    assert report.blackbox is not None, "the default black-box section runs"
+    assert list(report.blackbox["checks"]) == ["square", "hopskipjump"]
     assert report.model["arch"] == "small_cnn"
     assert report.model["trained_here"] is True
     assert report.data["name"] == "digits"
@@ -265,7 +300,7 @@ def test_interrupted_audit_resumes_to_the_same_report(
     resumed = run_audit(digits_model.model, None, held_out, out_dir=tmp_path, **KWARGS)
     assert "fgsm" not in calls, "FGSM's measurements are reused"
     assert calls.count("cw") == 1
-    assert resumed.resumed == {"measurements_reused": 5, "measurements": 9, "model_reused": False}
+    assert resumed.resumed == {"measurements_reused": 5, "measurements": 15, "model_reused": False}
     _assert_same_run(audit.out_dir, tmp_path)
     assert resumed.findings[4]["summary"] is not None
 
@@ -289,7 +324,7 @@ def test_resume_reruns_what_metrics_lost_and_rolls_arrays_back(
     assert "fgsm" not in calls
     assert calls.count("cw") == 1
     assert resumed.resumed is not None
-    assert resumed.resumed["measurements_reused"] == 6
+    assert resumed.resumed["measurements_reused"] == 6 + 2 * len(BUDGETS), "the black-box steps too"
     _assert_same_run(audit.out_dir, folder)
 
 
@@ -325,6 +360,7 @@ def test_another_configuration_is_refused_and_overwrite_starts_afresh(
         attacks="fgsm",
         n=20,
         overwrite=True,
+        **NO_BB,
     )
     assert fresh.resumed is None
     assert not [k for k in _arrays(folder) if k.startswith(("pgd", "cw"))], "nothing left of the old run"
@@ -338,6 +374,7 @@ def test_default_model_is_reused_on_resume(tmp_path: Path, monkeypatch: pytest.M
         "n": 20,
         "epochs": 1,
         "reference_eps": 0.3,
+        **NO_BB,
     }
     first = run_audit(out_dir=tmp_path / "a", **kwargs)
     assert first.model["trained_here"] is True
@@ -353,3 +390,90 @@ def test_default_model_is_reused_on_resume(tmp_path: Path, monkeypatch: pytest.M
     _assert_same_run(tmp_path / "a", tmp_path / "b")
     with pytest.raises(RunFolderMismatchError, match=r"identity\.model"):
         run_audit(out_dir=tmp_path / "b", **{**kwargs, "epochs": 2})
+
+
+def test_blackbox_section_success_never_falls_with_the_budget(audit: AuditReport) -> None:
+    assert audit.blackbox is not None
+    assert audit.blackbox["query_budgets"] == list(BUDGETS)
+    for key in ("square", "hopskipjump"):
+        section = audit.blackbox["checks"][key]
+        curve = audit.success_curve(key)
+        assert [b for b, _ in curve] == list(BUDGETS)
+        rates = [r for _, r in curve]
+        assert all(b >= a for a, b in itertools.pairwise(rates)), (key, rates)
+        assert section["n"] == 24
+        for row in section["rows"]:
+            if row["summary"] is not None:
+                assert row["summary"]["max_queries"] <= row["budget"], "the view enforces the budget"
+                assert row["summary"]["median_queries"] is not None
+        assert section["white_box"] is not None
+    hsj = audit.blackbox["checks"]["hopskipjump"]
+    assert hsj["knowledge"] == "label"
+    assert hsj["norm"] == "l2"
+    assert hsj["eps"] == pytest.approx(1.5)
+    assert hsj["rows"][-1]["success_rate"] > 0.3, "label-only HopSkipJump fools digits at L2 1.5"
+    assert audit.blackbox["checks"]["square"]["eps"] == pytest.approx(0.1), "linf at the reference eps"
+    assert any(line.startswith("Black-box: Square") for line in audit.headlines)
+
+
+def test_blackbox_examples_are_valid_and_fool_the_model(digits_model, audit: AuditReport) -> None:
+    x, y = torch.from_numpy(audit.arrays["x"][:24]), torch.from_numpy(audit.arrays["y"][:24])
+    for key, norm, eps in (("square", "linf", 0.1), ("hopskipjump", "l2", 1.5)):
+        x_adv = torch.from_numpy(audit.arrays[f"bb_{key}_x_adv"])
+        budget = audit.arrays[f"bb_{key}_budget_broken"]
+        queries = audit.arrays[f"bb_{key}_queries"]
+        fooled = torch.from_numpy(~np.isnan(budget))
+        assert bool((queries[fooled.numpy()] <= budget[fooled.numpy()]).all())
+        delta = (x_adv - x).flatten(1)
+        dist = delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
+        assert bool((dist[fooled] <= eps + 1e-5).all()), key
+        with torch.no_grad():
+            pred = digits_model.model(x_adv[fooled]).argmax(dim=1)
+        assert bool((pred != y[fooled]).all()), key
+        rows = audit.blackbox["checks"][key]["rows"] if audit.blackbox else []
+        assert rows[-1]["fooled"] == int(fooled.sum())
+
+
+def test_resolve_blackbox() -> None:
+    assert [c.key for c in resolve_blackbox("square,hopskipjump")] == ["square", "hopskipjump"]
+    assert resolve_blackbox("none") == []
+    assert resolve_blackbox(None) == []
+    assert resolve_blackbox("nes")[0].budget_param is None
+    with pytest.raises(ValidationError, match="score- or label-based"):
+        BlackBoxCheck("pgd", "pgd")
+    with pytest.raises(UnknownNameError, match="hopskipjump"):
+        resolve_blackbox("pgd")
+
+
+def test_audit_interrupted_in_the_blackbox_section_resumes_to_the_same_report(
+    digits_model, held_out: Dataset, audit: AuditReport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert audit.out_dir is not None
+    build = BlackBoxCheck.build
+
+    def interrupted(self: BlackBoxCheck, budget: int) -> Any:
+        if self.key == "hopskipjump" and budget == BUDGETS[1]:
+            raise KeyboardInterrupt
+        return build(self, budget)
+
+    monkeypatch.setattr(BlackBoxCheck, "build", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(digits_model.model, None, held_out, out_dir=tmp_path, **KWARGS)
+    recorded = json.loads((tmp_path / "metrics.json").read_text())["blackbox"]
+    assert [r["budget"] for r in recorded["square"]["rows"]] == list(BUDGETS)
+    assert [r["budget"] for r in recorded["hopskipjump"]["rows"]] == [BUDGETS[0]]
+
+    monkeypatch.setattr(BlackBoxCheck, "build", build)
+    calls: list[tuple[str, int]] = []
+
+    def counted(self: BlackBoxCheck, budget: int) -> Any:
+        calls.append((self.key, budget))
+        return build(self, budget)
+
+    monkeypatch.setattr(BlackBoxCheck, "build", counted)
+    resumed = run_audit(digits_model.model, None, held_out, out_dir=tmp_path, **KWARGS)
+    assert ("hopskipjump", BUDGETS[1]) in calls
+    assert set(calls) <= {("hopskipjump", b) for b in BUDGETS[1:]}, "only what was missing runs"
+    assert resumed.resumed is not None
+    assert resumed.resumed["measurements_reused"] == 15 - 2
+    _assert_same_run(audit.out_dir, tmp_path)

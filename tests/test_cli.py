@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -142,9 +143,15 @@ def test_audit_cli_writes_report_and_gates(model_dir: Path, tmp_path: Path) -> N
     out = tmp_path / "run"
     args = ["audit", "--model", str(model_dir), "--attacks", "fgsm,pgd", "--eps", "0.05,0.1,0.3"]
     args += ["--reference-eps", "0.1", "--n", "30", "--out", str(out)]
+    args += ["--query-budgets", "20,60", "--blackbox-n", "12", "--blackbox-l2-eps", "2.0"]
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
+    black = report["blackbox"]["checks"]
+    assert [r["budget"] for r in black["hopskipjump"]["rows"]] == [20, 60]
+    assert black["hopskipjump"]["eps"] == pytest.approx(2.0)
+    rates = [r["success_rate"] for r in black["square"]["rows"]]
+    assert rates[0] <= rates[1]
     pgd = [f["robust_accuracy"] for f in report["evasion"]["findings"] if f["check"] == "pgd"]
     assert len(pgd) == 3
     assert all(b <= a for a, b in itertools.pairwise(pgd))
@@ -163,13 +170,15 @@ def test_audit_cli_writes_report_and_gates(model_dir: Path, tmp_path: Path) -> N
 def test_audit_user_errors(model_dir: Path, tmp_path: Path) -> None:
     base = ["audit", "--model", str(model_dir), "--out", str(tmp_path)]
     _user_error([*base, "--attacks", "pgd,nope"], "--attacks", "apgd-dlr")
+    _user_error([*base, "--blackbox", "pgd"], "--blackbox", "hopskipjump", "square")
+    _user_error([*base, "--query-budgets", "10,x"], "--query-budgets")
     _user_error([*base, "--eps", "0.1,banana"], "--eps")
     _user_error([*base, "--fail-under", "7"], "--fail-under")
 
 
 def test_audit_cli_resumes_the_same_run_and_refuses_another(model_dir: Path, tmp_path: Path) -> None:
     args = ["audit", "--model", str(model_dir), "--attacks", "fgsm", "--eps", "0.1,0.3", "--n", "20"]
-    args += ["--reference-eps", "0.1", "--out", str(tmp_path)]
+    args += ["--reference-eps", "0.1", "--out", str(tmp_path), "--blackbox", "none"]
     first = runner.invoke(app, [*args, "--json"])
     assert first.exit_code == 0, first.output
     again = runner.invoke(app, args)
@@ -187,3 +196,93 @@ def test_audit_cli_resumes_the_same_run_and_refuses_another(model_dir: Path, tmp
     assert fresh.exit_code == 0, fresh.output
     assert json.loads(fresh.stdout)["resumed"] is None
     assert json.loads((tmp_path / "config.json").read_text())["n"] == 10
+
+
+def test_attack_score_based_with_a_budget_reports_query_statistics(model_dir: Path) -> None:
+    args = ["attack", "--model", str(model_dir), "--attack", "square", "--knowledge", "score"]
+    result = runner.invoke(app, [*args, "--eps", "0.2", "--max-queries", "100", "--n", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)  # stdout is the JSON and nothing else: no progress display
+    assert out["knowledge"] == "score"
+    assert out["queries"]["budget_per_image"] == 100
+    assert 1 <= out["queries"]["max_per_image"] <= 100
+    assert out["queries"]["median_per_image"] <= out["queries"]["max_per_image"]
+    assert out["queries"]["total"] >= out["queries"]["max_per_image"]
+    assert out["total_backwards"] == 0, "a score-based attack computes no gradient"
+    assert out["success_rate"] > 0
+    assert out["norm_reached"]["norm"] == "linf"
+    assert 0 < out["norm_reached"]["median_distance_success"] <= 0.2 + 1e-6
+    assert out["median_distance_success"] == out["norm_reached"]["median_distance_success"]
+
+
+def test_attack_label_only_runs_a_decision_based_attack(model_dir: Path) -> None:
+    args = ["attack", "--model", str(model_dir), "--attack", "hopskipjump", "--knowledge", "label"]
+    result = runner.invoke(app, [*args, "--norm", "l2", "--eps", "2.0", "--max-queries", "200", "--n", "10"])
+    assert result.exit_code == 0, result.output
+    assert "label" in result.stdout
+    assert "queries per image: median / max" in result.stdout
+    assert "(budget 200)" in result.stdout
+
+
+@pytest.mark.parametrize("knowledge", ["label", "score"])
+def test_attack_needing_more_access_than_given_is_a_user_error(knowledge: str) -> None:
+    output = _user_error(["attack", "--attack", "pgd", "--knowledge", knowledge], "--knowledge", "gradient")
+    assert output.strip().startswith("Error:")
+    assert len(output.strip().splitlines()) == 1, "one line"
+    assert "needs gradient access" in output
+    assert "hopskipjump" in output, "the message names the attacks that fit"
+
+
+def test_unknown_knowledge_and_misused_oracle_options() -> None:
+    _user_error(["attack", "--knowledge", "psychic"], "--knowledge", "gradient", "label")
+    _user_error(["attack", "--oracle", "x.onnx", "--model", "m"], "--oracle", "--model")
+    _user_error(["attack", "--oracle-config", "c.json"], "--oracle-config")
+
+
+def test_progress_line_shows_queries_and_success() -> None:
+    from ramparts.cli.attack import describe_progress
+    from ramparts.evasion import AttackProgress
+
+    p = AttackProgress("square", 200, 37, 12_400, 62, 1.5)
+    assert describe_progress(p, 200, 100) == "queries 12,400 (max 62/image of 100) · success 37/200"
+    assert describe_progress(None, 50, None) == "queries 0 (max 0/image) · success 0/50"
+
+
+@pytest.fixture(scope="module")
+def onnx_file(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The saved MLP exported to ONNX (logits output)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from ramparts.zoo import load_model
+
+    model, _ = load_model(model_dir)
+    path = tmp_path_factory.mktemp("onnx") / "mlp.onnx"
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model.eval(),
+            (torch.zeros(1, 1, 8, 8),),
+            str(path),
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
+            dynamo=False,
+        )
+    return path
+
+
+def test_attack_an_onnx_oracle(onnx_file: Path, model_dir: Path) -> None:
+    args = ["attack", "--oracle", str(onnx_file), "--attack", "square", "--eps", "0.2", "--n", "12"]
+    result = runner.invoke(app, [*args, "--max-queries", "60", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["model"]["oracle"] == "OnnxOracle"
+    assert out["knowledge"] == "score"
+    assert out["queries"]["max_per_image"] <= 60
+    same = runner.invoke(app, [*args[:2], str(model_dir), *args[3:], "--max-queries", "60", "--json"])
+    assert same.exit_code == 0, same.output
+    assert json.loads(same.stdout)["clean_accuracy"] == out["clean_accuracy"], "the same model behind ONNX"
+
+    output = _user_error([*args[:3], "--attack", "pgd"], "--attack pgd", "--oracle answers only class scores")
+    assert len(output.strip().splitlines()) == 1
+    _user_error([*args[:3], "--knowledge", "gradient"], "--knowledge", "only score")

@@ -23,8 +23,33 @@ FAST: dict[str, dict[str, Any]] = {
     "pgd": {"steps": 5, "restarts": 2},
     "apgd": {"steps": 8},
     "cw": {"steps": 10, "binary_search_steps": 2},
+    "nes": {"steps": 10, "samples": 10},
+    "spsa": {"steps": 10, "samples": 10},
+    "square": {"n_queries": 100},
+    "onepixel": {"population": 20, "iterations": 5},
+    "boundary": {
+        "steps": 400,
+        "source_step": 0.05,
+        "spherical_step": 0.1,
+        "update_stats_every": 1,
+        "init": "batch",
+    },
+    "hopskipjump": {"steps": 5, "init_evals": 20},
 }
-ITERATIVE = {"bim", "ill", "mifgsm", "pgd", "apgd", "cw"}
+ITERATIVE = {
+    "bim",
+    "ill",
+    "mifgsm",
+    "pgd",
+    "apgd",
+    "cw",
+    "nes",
+    "spsa",
+    "square",
+    "onepixel",
+    "boundary",
+    "hopskipjump",
+}
 
 
 def make(name: str) -> EvasionAttack:
@@ -37,7 +62,9 @@ def threat_for(name: str, eps: float | None = None) -> ThreatModel:
     norm = cls.norms[0]
     if norm == "l0":
         return ThreatModel(
-            norm="l0", eps=eps or 3, goal="untargeted" if "untargeted" in cls.goals else "targeted"
+            norm="l0",
+            eps=eps if eps is not None and eps >= 1 else 3,
+            goal="untargeted" if "untargeted" in cls.goals else "targeted",
         )
     if "untargeted" in cls.goals:
         return ThreatModel(norm=norm, eps=eps or (0.1 if norm == "linf" else 1.0))

@@ -16,7 +16,7 @@ from ramparts.data import load_digits
 from ramparts.evasion import ATTACKS
 from ramparts.report import plots, render_html, to_jsonable, write_json
 from ramparts.report.environment import collect_environment
-from ramparts.report.summary import attack_citation, eps_label, headlines
+from ramparts.report.summary import attack_citation, blackbox_headline, eps_label, headlines
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -36,6 +36,8 @@ def report(digits_model, tmp_path_factory: pytest.TempPathFactory) -> AuditRepor
         n=40,
         reference_eps=0.1,
         out_dir=tmp_path_factory.mktemp("report"),
+        query_budgets=(20, 100),
+        blackbox_n=16,
     )
 
 
@@ -54,7 +56,7 @@ def test_html_is_one_self_contained_file(report: AuditReport) -> None:
     assert "<link" not in html
     assert "<script" not in html
     uris = re.findall(r'src="(data:image/png;base64,[A-Za-z0-9+/=]+)"', html)
-    assert len(uris) >= 3, "curve, examples and the C&W histogram are embedded"
+    assert len(uris) >= 4, "curve, examples, the C&W histogram and the black-box plot are embedded"
 
 
 def test_html_shows_summary_citations_and_table(report: AuditReport) -> None:
@@ -167,3 +169,45 @@ def test_environment_lists_versions_and_cpus() -> None:
     assert env["packages"]["numpy"] == np.__version__
     assert env["cpu"]["logical_cpus"] >= 1
     assert env["accelerators"]["cuda_available"] is torch.cuda.is_available()
+
+
+def test_html_has_the_blackbox_section(report: AuditReport) -> None:
+    html = _html(report)
+    assert "Black-box attacks: success against the query budget" in html
+    assert 'alt="success rate against the query budget per image"' in html
+    assert "Andriushchenko" in html
+    assert "Chen, Jordan" in html
+    assert report.blackbox is not None
+    for section in report.blackbox["checks"].values():
+        for row in section["rows"]:
+            assert f"{100 * row['success_rate']:.1f}% ({row['fooled']})" in html
+    assert any(line.startswith("Black-box:") for line in report.headlines)
+    data = json.loads((report.out_dir / "report.json").read_text()) if report.out_dir else {}
+    assert set(data["blackbox"]["checks"]) == {"square", "hopskipjump"}
+    assert data["config"]["blackbox"]["query_budgets"] == [20, 100]
+
+
+def test_success_plot_is_png_and_deterministic() -> None:
+    curves = {"Square": [(50, 0.1), (100, 0.2), (1000, 0.5)], "HopSkipJump": [(50, 0.3), (1000, 0.9)]}
+    refs = {"Square": ("white-box linf battery", 0.6)}
+    png = plots.success_vs_queries(curves, references=refs)
+    assert png.startswith(PNG)
+    assert png == plots.success_vs_queries(curves, references=refs)
+
+
+def test_blackbox_headline() -> None:
+    section = {
+        "label": "HopSkipJump",
+        "knowledge": "label",
+        "norm": "l2",
+        "eps_label": "1",
+        "attacked": 98,
+        "rows": [{"budget": 100, "success_rate": 0.3}, {"budget": 1000, "success_rate": 0.9}],
+        "white_box": {"label": "C&W-L2 (white-box)", "success_rate": 0.8},
+    }
+    line = blackbox_headline({"checks": {"hopskipjump": section}})
+    assert line == (
+        "Black-box: HopSkipJump (label-only, L2 eps=1) fools 90.0% of 98 images within 1,000 queries each "
+        "(white-box: 80.0%)."
+    )
+    assert blackbox_headline({"checks": {}}) is None

@@ -12,19 +12,30 @@ The run folder holds `config.json` (what identifies the run), `metrics.json` and
 measured and a new run with the same configuration and folder resumes from them; the model
 (safetensors + JSON), `report.html` (one self-contained file) and `report.json`.
 
-Modules: `checks` (the battery and the eps grid), `model` (the model under audit), `runner` (the
+A black-box section runs one score-based (Square, linf at the reference eps) and one label-only attack
+(HopSkipJump, L2) at query budgets per image, on a subset: the success rate against the budget.
+
+Modules: `checks` (the battery, the eps grid and the black-box checks), `blackbox` (the budget sweeps), `model` (the model under audit), `runner` (the
 per-check work), `run_folder` (the folder's files and resume rules), `report` (`AuditReport`), `run`
 (`run_audit`).
 """
 
 from ramparts.audit.checks import (
     CHECKS,
+    DEFAULT_BLACKBOX,
+    DEFAULT_BLACKBOX_L2_EPS,
+    DEFAULT_BLACKBOX_N,
     DEFAULT_CHECKS,
     DEFAULT_EPS_GRID,
     DEFAULT_N,
+    DEFAULT_QUERY_BUDGETS,
     DEFAULT_REFERENCE_EPS,
+    BlackBoxCheck,
     Check,
+    blackbox_checks,
+    blackbox_names,
     check_names,
+    resolve_blackbox,
     resolve_checks,
 )
 from ramparts.audit.model import DEFAULT_ARCH, DEFAULT_EPOCHS, default_split, train_default_model
@@ -35,16 +46,24 @@ from ramparts.audit.run_folder import RunFolderMismatchError
 __all__ = [
     "CHECKS",
     "DEFAULT_ARCH",
+    "DEFAULT_BLACKBOX",
+    "DEFAULT_BLACKBOX_L2_EPS",
+    "DEFAULT_BLACKBOX_N",
     "DEFAULT_CHECKS",
     "DEFAULT_EPOCHS",
     "DEFAULT_EPS_GRID",
     "DEFAULT_N",
+    "DEFAULT_QUERY_BUDGETS",
     "DEFAULT_REFERENCE_EPS",
     "AuditReport",
+    "BlackBoxCheck",
     "Check",
     "RunFolderMismatchError",
+    "blackbox_checks",
+    "blackbox_names",
     "check_names",
     "default_split",
+    "resolve_blackbox",
     "resolve_checks",
     "run_audit",
     "train_default_model",

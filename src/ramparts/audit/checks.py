@@ -139,3 +139,140 @@ def resolve_grid(
 def l2_cap(input_numel: int, width: float = 1.0) -> float:
     """The L2 diameter of the input box: a budget that does not bind (minimum-norm checks run under it)."""
     return width * math.sqrt(input_numel)
+
+
+# The black-box section: success rate against the query budget per image, on a subset of the samples.
+DEFAULT_QUERY_BUDGETS: tuple[int, ...] = (50, 100, 200, 500, 1000)
+DEFAULT_BLACKBOX_N = 100
+# L2 budget of the decision-based check: an RMS change of 32/255 per value on 8x8 digits (64 values).
+DEFAULT_BLACKBOX_L2_EPS = "1.0"
+DEFAULT_BLACKBOX: tuple[str, ...] = ("square", "hopskipjump")
+# Hyperparameters that set an attack's own plan for its budget: given the budget of each step.
+_BUDGET_PARAMS = ("n_queries",)
+
+
+@dataclass(frozen=True)
+class BlackBoxCheck:
+    """A score- or label-based attack of the black-box section, run at each query budget per image.
+
+    `norm="linf"` runs at the audit's reference eps, `norm="l2"` at its black-box L2 eps. `budget_param`:
+    the hyperparameter through which the attack plans for its budget (Square's `n_queries`), set to each
+    budget; the view enforces the budget in any case (`max_queries`).
+    """
+
+    key: str
+    attack: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    norm: str = "linf"
+    label: str = ""
+    budget_param: str | None = None
+
+    def __post_init__(self) -> None:
+        from ramparts.oracles.base import Knowledge
+
+        cls = ATTACKS.get(self.attack)
+        if cls.knowledge >= Knowledge.GRADIENT:
+            raise invalid(
+                "blackbox", self.key, "a score- or label-based attack", f"e.g. {', '.join(DEFAULT_BLACKBOX)}."
+            )
+        if self.norm not in ("linf", "l2") or self.norm not in cls.norms:
+            raise invalid("blackbox", self.key, f"an attack run in linf or l2 (it supports {cls.norms})")
+        if "untargeted" not in cls.goals:
+            raise invalid("blackbox", self.key, "an attack with an untargeted goal for the audit")
+        if not self.label:
+            object.__setattr__(self, "label", self.key.upper())
+
+    @property
+    def knowledge(self) -> str:
+        return ATTACKS.get(self.attack).knowledge.name.lower()
+
+    def build(self, budget: int) -> EvasionAttack:
+        params = dict(self.params)
+        if self.budget_param is not None:
+            params[self.budget_param] = budget
+        return ATTACKS.get(self.attack)(**params)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "attack": self.attack,
+            "label": self.label,
+            "norm": self.norm,
+            "params": dict(self.params),
+            "knowledge": self.knowledge,
+            "budget_param": self.budget_param,
+        }
+
+
+def blackbox_checks() -> dict[str, BlackBoxCheck]:
+    """The section's named checks: Square (score-based, linf) and HopSkipJump (label-only, L2)."""
+    return {
+        c.key: c
+        for c in (
+            BlackBoxCheck("square", "square", {}, "linf", "Square", "n_queries"),
+            BlackBoxCheck("hopskipjump", "hopskipjump", {}, "l2", "HopSkipJump"),
+        )
+    }
+
+
+def blackbox_names() -> list[str]:
+    """Every name `resolve_blackbox` accepts: score- or label-based attacks with an untargeted goal."""
+    from ramparts.oracles.base import Knowledge
+
+    return [
+        n
+        for n in ATTACKS.names()
+        if ATTACKS.get(n).knowledge < Knowledge.GRADIENT
+        and "untargeted" in ATTACKS.get(n).goals
+        and {"linf", "l2"} & set(ATTACKS.get(n).norms)
+    ]
+
+
+def resolve_blackbox(names: Sequence[str | BlackBoxCheck] | str | None) -> list[BlackBoxCheck]:
+    """Named checks, registered score/label attack names (linf where supported, else l2), or ready
+    `BlackBoxCheck`s; None, "" or "none": no black-box section."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip() and n.strip().lower() != "none"]
+    named = blackbox_checks()
+    checks: list[BlackBoxCheck] = []
+    for item in names:
+        if isinstance(item, BlackBoxCheck):
+            checks.append(item)
+            continue
+        if not isinstance(item, str):
+            raise invalid("blackbox", item, "attack names or BlackBoxCheck objects", cls=RampartsTypeError)
+        name = item.strip().lower()
+        if name in named:
+            checks.append(named[name])
+        elif name in blackbox_names():
+            cls = ATTACKS.get(name)
+            norm = "linf" if "linf" in cls.norms else "l2"
+            budget = next((p for p in _BUDGET_PARAMS if p in cls.param_names()), None)
+            checks.append(BlackBoxCheck(name, name, {}, norm, name.upper(), budget))
+        else:
+            raise unknown("blackbox", item, [*blackbox_names(), "none"])
+    keys = [c.key for c in checks]
+    if len(set(keys)) != len(keys):
+        raise invalid("blackbox", keys, "each attack once", "remove the repeated names.")
+    return checks
+
+
+def resolve_budgets(budgets: Sequence[int | str] | str) -> list[int]:
+    """Query budgets per image, sorted and deduplicated: integers >= 1 (comma-separated string or sequence)."""
+    items = [b for b in budgets.split(",") if b.strip()] if isinstance(budgets, str) else list(budgets)
+    values: set[int] = set()
+    for b in items:
+        try:
+            value = int(str(b).strip()) if not isinstance(b, int) or isinstance(b, bool) else b
+        except ValueError:
+            value = 0
+        if isinstance(b, bool) or value < 1 or (isinstance(b, float) and b != value):
+            raise invalid(
+                "query_budgets", b, "integers >= 1 (queries per image)", "e.g. 50,100,200,500,1000."
+            )
+        values.add(value)
+    if not values:
+        raise invalid("query_budgets", list(items), "at least one budget", "e.g. 50,100,200,500,1000.")
+    return sorted(values)

@@ -39,12 +39,24 @@ class AuditReport:
     gate: dict[str, Any] | None = None
     out_dir: Path | None = None
     resumed: dict[str, Any] | None = None
+    blackbox: dict[str, Any] | None = None
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def curve(self, check: str) -> list[tuple[float, float]]:
         """[(eps, accuracy under attack)] of one check, eps ascending (without the clean point)."""
         return [(f["eps"], f["robust_accuracy"]) for f in self.findings if f["check"] == check]
+
+    def success_curve(self, check: str) -> list[tuple[int, float]]:
+        """[(queries per image, success rate)] of one black-box check, budgets ascending."""
+        section = (self.blackbox or {}).get("checks", {}).get(check)
+        if section is None:
+            raise invalid(
+                "check",
+                check,
+                f"a black-box check of the audit: {list((self.blackbox or {}).get('checks', {}))}",
+            )
+        return [(r["budget"], r["success_rate"]) for r in section["rows"]]
 
     def robust_accuracy(self, eps: float | str | None = None, check: str | None = None) -> float:
         """Accuracy under attack at `eps` (default: the reference eps): worst case, or one check's."""
@@ -72,6 +84,7 @@ class AuditReport:
                 "worst_case": self.worst_case,
                 "minimum_norm": self.minimum_norm,
             },
+            "blackbox": self.blackbox,
             "citations": self.citations,
             "timings": self.timings,
             "resumed": self.resumed,

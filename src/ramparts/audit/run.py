@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -12,13 +13,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from ramparts.audit import blackbox as bb
 from ramparts.audit.checks import (
+    DEFAULT_BLACKBOX,
+    DEFAULT_BLACKBOX_L2_EPS,
+    DEFAULT_BLACKBOX_N,
     DEFAULT_CHECKS,
     DEFAULT_EPS_GRID,
     DEFAULT_N,
+    DEFAULT_QUERY_BUDGETS,
     DEFAULT_REFERENCE_EPS,
+    BlackBoxCheck,
     Check,
     parse_grid_eps,
+    resolve_blackbox,
+    resolve_budgets,
     resolve_checks,
     resolve_grid,
 )
@@ -80,6 +89,10 @@ def run_audit(
     bounds: tuple[float, float] = (0.0, 1.0),
     fail_under: float | None = None,
     overwrite: bool = False,
+    blackbox: Sequence[str | BlackBoxCheck] | str | None = DEFAULT_BLACKBOX,
+    query_budgets: Sequence[int | str] | str = DEFAULT_QUERY_BUDGETS,
+    blackbox_n: int = DEFAULT_BLACKBOX_N,
+    blackbox_l2_eps: float | str = DEFAULT_BLACKBOX_L2_EPS,
 ) -> AuditReport:
     """Audit `model` (default: train `small_cnn` on `train_ds`, default the digits) on `n` test images.
 
@@ -91,11 +104,15 @@ def run_audit(
     refused (`RunFolderMismatchError`) unless `overwrite`, which starts afresh.
     `fail_under`: a gate; `report.gate["passed"]` says whether the worst-case accuracy under attack at
     the reference eps reached it.
+    `blackbox`: the black-box section's score- and label-based attacks (names of registered attacks or
+    `BlackBoxCheck`s; None or "none": no section), each run at every budget of `query_budgets` (queries
+    per image) on the first `blackbox_n` audited images, linf ones at the reference eps and L2 ones at
+    `blackbox_l2_eps`.
     """
     t_start = time.perf_counter()
-    for name, value in (("n", n), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "n" else 0):
-            raise invalid(name, value, f"an integer >= {1 if name == 'n' else 0}")
+    for name, value in (("n", n), ("seed", seed), ("blackbox_n", blackbox_n)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
+            raise invalid(name, value, f"an integer >= {0 if name == 'seed' else 1}")
     if fail_under is not None and (
         isinstance(fail_under, bool) or not isinstance(fail_under, int | float) or not 0 <= fail_under <= 1
     ):
@@ -105,6 +122,9 @@ def run_audit(
         raise invalid("reference_eps", reference_eps, "a budget > 0", "e.g. 8/255.")
     grid = resolve_grid(eps_grid, ref, bounds)
     checks = resolve_checks(attacks)
+    black = resolve_blackbox(blackbox)
+    budgets = resolve_budgets(query_budgets)
+    l2_eps = _l2_eps(blackbox_l2_eps, bounds)
     if train_ds is None and test_ds is None:
         train_ds, test_ds = default_split(seed=0)
     if test_ds is None:
@@ -127,6 +147,18 @@ def run_audit(
         bounds=bounds,
         input_numel=test_ds.x[0].numel(),
         identity=identity,
+        blackbox=None
+        if not black
+        else {
+            "checks": [c.summary() for c in black],
+            "query_budgets": budgets,
+            "n": min(blackbox_n, n, len(test_ds)),
+            "l2_eps": l2_eps,
+            "threat_models": {
+                c.key: bb.threat_for(c, ref=ref, l2_eps=l2_eps, bounds=bounds).summary() for c in black
+            },
+            "counting": bb.COUNTING,
+        },
     )
     out = Path(out_dir) if out_dir is not None else None
     recorded = open_run_folder(out, config, overwrite=overwrite) if out is not None else None
@@ -138,7 +170,8 @@ def run_audit(
     model_reused = False
 
     with _progress(progress) as bar:
-        task = bar.add_task("audit", total=len(linf) * len(grid) + len(minimal) + (model is None) + 1)
+        steps = len(linf) * len(grid) + len(minimal) + len(black) * len(budgets)
+        task = bar.add_task("audit", total=steps + (model is None) + 1)
         if oracle is None:
             saved = recorded.metrics.get("model") if recorded is not None else None
             module = load_trained_model(out, saved) if out is not None and isinstance(saved, dict) else None
@@ -179,11 +212,24 @@ def run_audit(
             run.minimum_norm(check)
             timings[f"{check.key}_s"] = time.perf_counter() - t0
             bar.advance(task)
+        sections: dict[str, dict[str, Any]] = {}
+        for bcheck in black:
+            t0 = time.perf_counter()
+            threat = bb.threat_for(bcheck, ref=ref, l2_eps=l2_eps, bounds=bounds)
+            sections[bcheck.key] = bb.budget_sweep(
+                run, bcheck, budgets, threat, config["blackbox"]["n"], on_step=lambda: bar.advance(task)
+            )
+            timings[f"bb_{bcheck.key}_s"] = time.perf_counter() - t0
 
         bar.update(task, description="report")
         t0 = time.perf_counter()
         worst = worst_case(run.findings, grid, run.masks, run.correct)
         reference = reference_row(run.findings, worst, ref, run.clean_accuracy, bounds)
+        for section in sections.values():
+            section["white_box"] = bb.white_box_reference(run, section, run.masks, grid)
+        black_box = (
+            {"n": config["blackbox"]["n"], "query_budgets": budgets, "checks": sections} if black else None
+        )
         main = next((c for c in linf if c.key == "pgd"), linf[0] if linf else None)
         report = AuditReport(
             config=config,
@@ -202,8 +248,12 @@ def run_audit(
                 minimum_norm=run.minimal,
                 linf_labels={c.key: c.label for c in linf},
                 main=main.key if main else None,
+                blackbox=black_box,
             ),
-            citations={c.label: attack_citation(ATTACKS.get(c.attack)) for c in checks},
+            citations={
+                **{c.label: attack_citation(ATTACKS.get(c.attack)) for c in checks},
+                **{c.label: attack_citation(ATTACKS.get(c.attack)) for c in black},
+            },
             timings=timings,
             environment=collect_environment(),
             out_dir=out,
@@ -211,10 +261,11 @@ def run_audit(
             if recorded is None
             else {
                 "measurements_reused": run.reused,
-                "measurements": len(linf) * len(grid) + len(minimal),
+                "measurements": steps,
                 "model_reused": model_reused,
             },
             arrays=run.arrays,
+            blackbox=black_box,
         )
         if fail_under is not None:
             acc = reference["robust_accuracy"]
@@ -254,3 +305,16 @@ def _white_box(model: Any, test_ds: Dataset) -> Oracle:
     if oracle.knowledge < Knowledge.GRADIENT:
         raise invalid("model", type(oracle).__name__, "a model with gradients for the white-box battery")
     return oracle
+
+
+def _l2_eps(value: float | str, bounds: tuple[float, float]) -> float:
+    """The black-box section's L2 budget: a number or fraction > 0, at most the L2 diameter is checked later."""
+    from ramparts.threat import parse_eps
+
+    try:
+        eps = parse_eps(value, norm="l2", bounds=bounds, pixel_scale=255.0)
+    except ValueError:
+        eps = math.nan
+    if not (math.isfinite(eps) and eps > 0):
+        raise invalid("blackbox_l2_eps", value, "an L2 budget > 0", "e.g. 1.0.")
+    return eps

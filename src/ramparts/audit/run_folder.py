@@ -72,6 +72,7 @@ def run_config(
     bounds: tuple[float, float],
     input_numel: int,
     identity: Mapping[str, Any],
+    blackbox: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run's configuration (config.json): everything its measurements depend on."""
     width = bounds[1] - bounds[0]
@@ -90,6 +91,7 @@ def run_config(
             for c in checks
         },
         "counting": COUNTING,
+        "blackbox": dict(blackbox) if blackbox else None,
         "identity": dict(identity),
     }
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ramparts.audit import blackbox
 from ramparts.audit.checks import Check, l2_cap
 from ramparts.audit.run_folder import Recorded, write_metrics
 from ramparts.data import Dataset
@@ -65,6 +66,7 @@ class AuditRun:
         self.masks: dict[str, list[torch.Tensor]] = {}
         self.eps_broken: dict[str, torch.Tensor] = {}
         self.minimal: dict[str, dict[str, Any]] = {}
+        self.blackbox: dict[str, dict[str, Any]] = {}
         self.arrays: dict[str, np.ndarray] = {
             "x": self.x.cpu().numpy(),
             "y": self.y.cpu().numpy(),
@@ -281,6 +283,9 @@ class AuditRun:
             r.get("check") for r in metrics.get("curves", []) if r.get("check") not in self.started
         } | {k for k in metrics.get("minimum_norm", {}) if k not in self.started}
         names = {f"{_prefix(str(k))}_{suffix}" for k in pending for suffix in _ARRAYS}
+        recorded_bb = metrics.get("blackbox", {}) if isinstance(metrics.get("blackbox"), dict) else {}
+        pending_bb = {k for k in recorded_bb if blackbox.started_key(k) not in self.started}
+        names |= {f"{blackbox.array_prefix(k)}_{suffix}" for k in pending_bb for suffix in blackbox.ARRAYS}
         record = {
             "clean_accuracy": self.clean_accuracy,
             "model": self.model_info,
@@ -292,6 +297,7 @@ class AuditRun:
                 **{k: v for k, v in metrics.get("minimum_norm", {}).items() if k in pending},
                 **self.minimal,
             },
+            "blackbox": {**{k: v for k, v in recorded_bb.items() if k in pending_bb}, **self.blackbox},
         }
         arrays = {**{k: v for k, v in self.recorded.arrays.items() if k in names}, **self.arrays}
         write_metrics(self.out, record, arrays)

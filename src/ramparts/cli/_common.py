@@ -5,16 +5,19 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from torch import Tensor
 
 from ramparts.data import DATASET_FORMS
-from ramparts.errors import RampartsError
+from ramparts.errors import AccessError, RampartsError, unknown
+from ramparts.oracles.base import Knowledge, Oracle
 
 # Options shared by the commands that take a model and a dataset.
 ModelOption = Annotated[
@@ -150,3 +153,62 @@ def make_oracle(model: Any, test_ds: Any) -> Any:
             f"images the model accepts (input shape {test_ds.input_shape} failed)",
             str(exc),
         ) from None
+
+
+KNOWLEDGE_NAMES: tuple[str, ...] = tuple(k.name.lower() for k in sorted(Knowledge, reverse=True))
+
+
+class LimitedOracle(Oracle):
+    """An oracle adaptor answering at most `knowledge`: labels always, scores and gradients only if allowed.
+
+    The attack's view is built from `knowledge`, so an attack that needs more fails with an AccessError.
+    """
+
+    def __init__(self, inner: Oracle, knowledge: Knowledge) -> None:
+        self._inner = inner
+        self.knowledge = min(knowledge, inner.knowledge)
+        self.num_classes = inner.num_classes
+        self.device = inner.device
+        self.input_shape = inner.input_shape
+
+    def labels(self, x: Tensor) -> Tensor:
+        return self._inner.labels(x)
+
+    def log_probs(self, x: Tensor) -> Tensor:
+        if self.knowledge < Knowledge.SCORE:
+            raise NotImplementedError("this target answers labels only")
+        return self._inner.log_probs(x)
+
+    def logits(self, x: Tensor) -> Tensor:
+        if self.knowledge < Knowledge.GRADIENT:
+            raise NotImplementedError("this target has no gradients")
+        return self._inner.logits(x)
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        with self._inner.evaluating():
+            yield
+
+
+def parse_knowledge(value: str | None) -> Knowledge | None:
+    """`--knowledge gradient|score|label` (None: all the model offers)."""
+    if value is None:
+        return None
+    try:
+        return Knowledge.parse(value.strip())
+    except KeyError:
+        raise unknown("--knowledge", value, KNOWLEDGE_NAMES) from None
+
+
+def limit_knowledge(oracle: Oracle, level: Knowledge | None) -> Oracle:
+    """`oracle` offering at most `level`; more than the model has is a user error (a label-only API has no
+    scores to give)."""
+    if level is None or level == oracle.knowledge:
+        return oracle
+    if level > oracle.knowledge:
+        have = oracle.knowledge.name.lower()
+        raise AccessError(
+            f"--knowledge: the model offers only {have} access, got {level.name.lower()}. "
+            f"Fix: pass --knowledge {have} or a lower level."
+        )
+    return LimitedOracle(oracle, level)

@@ -10,11 +10,16 @@ import typer
 from rich.markup import escape
 
 from ramparts.audit import (
+    DEFAULT_BLACKBOX,
+    DEFAULT_BLACKBOX_L2_EPS,
+    DEFAULT_BLACKBOX_N,
     DEFAULT_CHECKS,
     DEFAULT_EPOCHS,
     DEFAULT_EPS_GRID,
     DEFAULT_N,
+    DEFAULT_QUERY_BUDGETS,
     DEFAULT_REFERENCE_EPS,
+    blackbox_names,
     check_names,
 )
 from ramparts.cli._common import (
@@ -73,6 +78,23 @@ def audit_command(
             "the attacks) is below this fraction, e.g. 0.5: a gate for CI."
         ),
     ] = None,
+    blackbox: Annotated[
+        str,
+        typer.Option(
+            help="Black-box section: comma-separated score- or label-based attacks, from: "
+            f"{', '.join(blackbox_names())}; 'none' to skip it."
+        ),
+    ] = ",".join(DEFAULT_BLACKBOX),
+    query_budgets: Annotated[
+        str, typer.Option(help="Comma-separated query budgets per image of the black-box section.")
+    ] = ",".join(str(b) for b in DEFAULT_QUERY_BUDGETS),
+    blackbox_n: Annotated[
+        int, typer.Option(min=1, help="Images of the black-box section (the first of the audited ones).")
+    ] = DEFAULT_BLACKBOX_N,
+    blackbox_l2_eps: Annotated[
+        str,
+        typer.Option(help="L2 budget of the black-box section's L2 attacks (linf ones use --reference-eps)."),
+    ] = DEFAULT_BLACKBOX_L2_EPS,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print report.json on stdout, nothing else.")
     ] = False,
@@ -102,6 +124,10 @@ def audit_command(
             epochs=epochs,
             fail_under=fail_under,
             overwrite=overwrite,
+            blackbox=blackbox,
+            query_budgets=query_budgets,
+            blackbox_n=blackbox_n,
+            blackbox_l2_eps=blackbox_l2_eps,
         )
     except RunFolderMismatchError as exc:
         raise RunFolderMismatchError(

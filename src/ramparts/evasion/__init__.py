@@ -1,6 +1,6 @@
 """Evasion attacks (adversarial examples), registered by name in `ATTACKS`."""
 
-from ramparts.evasion import apgd, cw, gradient
+from ramparts.evasion import apgd, boundary, cw, gradient, hopskipjump, onepixel, score, square
 from ramparts.evasion.base import ATTACKS, AttackContext, AttackProgress, EvasionAttack, Tracker, register
 
 __all__ = [
@@ -10,7 +10,12 @@ __all__ = [
     "EvasionAttack",
     "Tracker",
     "apgd",
+    "boundary",
     "cw",
     "gradient",
+    "hopskipjump",
+    "onepixel",
     "register",
+    "score",
+    "square",
 ]

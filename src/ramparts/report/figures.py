@@ -9,7 +9,8 @@ from ramparts.report import plots
 
 
 def evasion_figures(report: Mapping[str, Any], examples: Sequence[plots.Example] = ()) -> dict[str, bytes]:
-    """`robustness` (curves), `examples` (panel), `hist_<check>` (minimum-norm distances): PNG bytes."""
+    """`robustness` (curves), `examples` (panel), `hist_<check>` (minimum-norm distances), `blackbox`
+    (success against the query budget): PNG bytes."""
     figures: dict[str, bytes] = {}
     evasion = report.get("evasion", {})
     findings = evasion.get("findings", [])
@@ -28,6 +29,21 @@ def evasion_figures(report: Mapping[str, Any], examples: Sequence[plots.Example]
         )
     if examples:
         figures["examples"] = plots.examples_panel(examples, bounds=(bounds[0], bounds[1]))
+    black = (report.get("blackbox") or {}).get("checks", {})
+
+    def name(s: Mapping[str, Any]) -> str:
+        return f"{s['label']} ({s['knowledge']}-only, {s['norm']} eps {s['eps_label']})"
+
+    curves_bb = {
+        name(s): [(r["budget"], r["success_rate"]) for r in s["rows"]] for s in black.values() if s["rows"]
+    }
+    if curves_bb:
+        refs = {
+            name(s): (s["white_box"]["label"], s["white_box"]["success_rate"])
+            for s in black.values()
+            if s.get("white_box")
+        }
+        figures["blackbox"] = plots.success_vs_queries(curves_bb, references=refs)
     for key, stats in evasion.get("minimum_norm", {}).items():
         if stats.get("distances"):
             figures[f"hist_{key}"] = plots.distance_histogram(

@@ -69,6 +69,21 @@ def accuracy_table(report: Mapping[str, Any]) -> dict[str, Any]:
     return {"columns": columns, "rows": rows}
 
 
+def blackbox_table(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Rows = query budgets, columns = the black-box attacks: the share of attacked images fooled."""
+    black = (report.get("blackbox") or {}).get("checks", {})
+    columns = [s["label"] for s in black.values()]
+    budgets = sorted({r["budget"] for s in black.values() for r in s["rows"]})
+    rows = []
+    for budget in budgets:
+        cells = []
+        for s in black.values():
+            row = next((r for r in s["rows"] if r["budget"] == budget), None)
+            cells.append(None if row is None else row)
+        rows.append({"budget": budget, "cells": cells})
+    return {"columns": columns, "rows": rows, "sections": list(black.values())}
+
+
 def render_html(report: Mapping[str, Any], figures: Mapping[str, bytes] | None = None) -> str:
     """The report page for `report` (the dict of report.json) with `figures` (name -> PNG bytes) inlined."""
     images = {name: data_uri(png) for name, png in (figures or {}).items()}
@@ -76,7 +91,13 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, bytes] | None =
     return (
         _environment()
         .get_template(TEMPLATE)
-        .render(r=report, fig=images, table=accuracy_table(report), generated=generated)
+        .render(
+            r=report,
+            fig=images,
+            table=accuracy_table(report),
+            bbtable=blackbox_table(report),
+            generated=generated,
+        )
     )
 
 

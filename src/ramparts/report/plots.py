@@ -174,3 +174,44 @@ def distance_histogram(distances: Sequence[float], *, median: float | None, labe
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return to_png(fig)
+
+
+def success_vs_queries(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    references: Mapping[str, tuple[str, float]] | None = None,
+) -> bytes:
+    """Success rate (%) against the query budget per image (log x), one line per black-box attack.
+
+    `references`: attack label -> (what, success rate) of the white-box battery on the same images and
+    threat, drawn as a dotted line of the attack's colour.
+    """
+    fig = Figure(figsize=(7.5, 4.0))
+    ax = fig.add_subplot()
+    for i, (label, points) in enumerate(curves.items()):
+        color = _COLORS[i % len(_COLORS)]
+        pts = sorted((float(b), float(s)) for b, s in points)
+        ax.plot(
+            [b for b, _ in pts],
+            [100 * s for _, s in pts],
+            marker="o",
+            markersize=4,
+            lw=1.6,
+            color=color,
+            label=label,
+        )
+        ref = (references or {}).get(label)
+        if ref is not None:
+            ax.axhline(100 * ref[1], color=color, ls=":", lw=1.3, label=f"{ref[0]}: {100 * ref[1]:.1f}%")
+    ax.set_xscale("log")
+    budgets = sorted({float(b) for points in curves.values() for b, _ in points})
+    if budgets:
+        ax.set_xticks(budgets, [f"{b:,.0f}" for b in budgets])
+        ax.minorticks_off()
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("query budget per image (log scale)")
+    ax.set_ylabel("images fooled (% of those attacked)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return to_png(fig)

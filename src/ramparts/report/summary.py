@@ -41,6 +41,7 @@ def headlines(
     minimum_norm: Mapping[str, Mapping[str, Any]],
     linf_labels: Mapping[str, str],
     main: str | None,
+    blackbox: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The summary sentences: clean accuracy, the main attack at the reference eps, where accuracy
     halves and collapses, and the minimum-norm attacks' median distance.
@@ -84,4 +85,28 @@ def headlines(
             )
         elif stats.get("attacked"):
             lines.append(f"{stats['label']} found no adversarial example for {stats['attacked']} images.")
+    if blackbox and (line := blackbox_headline(blackbox)):
+        lines.append(line)
     return lines
+
+
+def blackbox_headline(blackbox: Mapping[str, Any]) -> str | None:
+    """One sentence: what each black-box attack fools with its largest query budget, against white-box."""
+    parts = []
+    for section in blackbox.get("checks", {}).values():
+        rows = section.get("rows") or []
+        if not rows:
+            continue
+        last = rows[-1]
+        norm = "linf" if section["norm"] == "linf" else "L2"
+        text = (
+            f"{section['label']} ({section['knowledge']}-only, {norm} eps={section['eps_label']}) fools "
+            f"{pct(last['success_rate'])} of {section['attacked']} images within {last['budget']:,} queries each"
+        )
+        ref = section.get("white_box")
+        if ref is not None:
+            text += f" (white-box: {pct(ref['success_rate'])})"
+        parts.append(text)
+    if not parts:
+        return None
+    return "Black-box: " + "; ".join(parts) + "."

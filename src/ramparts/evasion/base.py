@@ -145,6 +145,7 @@ class AttackContext:
     tracker: Tracker
     generator: torch.Generator
     early_stop: bool
+    budget_exhausted: bool = False
 
     def start_indices(self) -> Tensor:
         """The samples to attack: all, or with early stopping only those not already won."""
@@ -152,16 +153,21 @@ class AttackContext:
             return self.tracker.pending()
         return torch.arange(len(self.x), device=self.x.device)
 
-    def affordable(self, idx: Tensor, cost: int = 1) -> Tensor:
+    def affordable(self, idx: Tensor, cost: int = 1, wanted: Tensor | None = None) -> Tensor:
         """Which of the samples `idx` can still pay `cost` queries each under the view's budget.
 
         Query-based attacks drop the others from their active set (keeping their best so far) instead
-        of letting one exhausted sample stop the whole batch.
+        of letting one exhausted sample stop the whole batch; the result then reports `budget_exhausted`
+        if any sample that still `wanted` to go on (default: all of `idx`) was cut short.
         """
         left = self.box.remaining(idx)
         if left is None:
             return torch.ones(len(idx), dtype=torch.bool, device=idx.device)
-        return left >= cost
+        can = left >= cost
+        cut = ~can if wanted is None else wanted & ~can
+        if bool(cut.any()):
+            self.budget_exhausted = True
+        return can
 
 
 class EvasionAttack(HasParams):
@@ -234,6 +240,7 @@ class EvasionAttack(HasParams):
                 exhausted = True
             _synchronize(oracle.device)
             elapsed = time.perf_counter() - t0
+            exhausted = exhausted or ctx.budget_exhausted
             if reporter is not None:
                 reporter(force=True)
             x_adv = threat.project(tracker.x, x)

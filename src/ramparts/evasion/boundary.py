@@ -17,8 +17,7 @@ sample's index once per probe). Per-sample state lives in tensors on the model's
   query budget, and the result is the closest adversarial found within eps: for the plain minimum
   distance, pass `early_stop=False` and eps as large as the domain (e.g. its l2 diameter).
 - Budgets (`max_queries`): a sample that cannot pay for its next query leaves with its best so far; the
-  others go on. If that happened to any sample, the attack raises `QueryBudgetExceeded` after the
-  others have finished, so the result reports `budget_exhausted`.
+  others go on, and the result reports `budget_exhausted`.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ramparts.errors import QueryBudgetExceeded
 from ramparts.evasion.base import AttackContext, EvasionAttack, register
 from ramparts.oracles.base import Knowledge
 from ramparts.params import Interval, Options
@@ -168,10 +166,6 @@ def binary_search(
     return at(high, x0, x_adv), starved
 
 
-def budget_stopped(name: str) -> QueryBudgetExceeded:
-    return QueryBudgetExceeded(f"{name}: the query budget stopped some samples before they finished")
-
-
 @register("boundary")
 class Boundary(EvasionAttack):
     """Boundary attack (L2): a random walk along the decision boundary towards the original input.
@@ -251,7 +245,7 @@ class Boundary(EvasionAttack):
             keep = src >= _CONVERGED
             if ctx.early_stop:
                 keep &= ~ctx.tracker.success[idx]
-            pay = ctx.affordable(idx, 2 if check else 1)
+            pay = ctx.affordable(idx, 2 if check else 1, wanted=keep)
             starved |= bool((keep & ~pay).any())
             keep &= pay
             if not bool(keep.all()):
@@ -286,8 +280,7 @@ class Boundary(EvasionAttack):
             up, down = full & (rate > 0.25), full & (rate < 0.1)
             src = src * torch.where(up, a, torch.where(down, 1 / a, 1.0))
             step_n = torch.where(up | down, 0, step_n)
-        if starved or hungry:
-            raise budget_stopped(self.name)
+        ctx.budget_exhausted |= starved or hungry
 
     @staticmethod
     def _proposals(

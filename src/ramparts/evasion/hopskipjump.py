@@ -17,7 +17,6 @@ from ramparts.evasion.boundary import (
     INITS,
     ask,
     binary_search,
-    budget_stopped,
     col,
     initial_points,
     offer,
@@ -122,8 +121,7 @@ class HopSkipJump(EvasionAttack):
             starved |= hungry or hungry2
             offer(ctx, idx, xb, torch.ones_like(idx, dtype=torch.bool))
             dist = threat.distance(xb, x0)
-        if starved:
-            raise budget_stopped(self.name)
+        ctx.budget_exhausted |= starved
 
     @staticmethod
     def _estimate(

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from ramparts.criteria import Criterion
-from ramparts.errors import QueryBudgetExceeded
 from ramparts.evasion.base import AttackContext, EvasionAttack, register
 from ramparts.oracles.base import Knowledge
 from ramparts.params import Interval
@@ -96,10 +95,8 @@ class OnePixel(EvasionAttack):
         pop, k = self.population, int(threat.eps_value)
         idx = ctx.start_indices()
         keep = ctx.affordable(idx, pop)
-        cut_short = not bool(keep.all())
         idx = idx[keep]
         if len(idx) == 0:
-            self._finish(cut_short)
             return
         shape = ctx.x.shape[1:]
         img = ctx.x[idx] if ctx.x.dim() == 4 else ctx.x[idx].reshape(len(idx), 1, 1, -1)
@@ -108,8 +105,7 @@ class OnePixel(EvasionAttack):
         fitness = self._evaluate(ctx, crit, img, genes, idx, shape)
         for _ in range(self.iterations):
             need = ctx.tracker.margin[idx] >= 0 if ctx.early_stop else torch.ones_like(idx, dtype=torch.bool)
-            afford = ctx.affordable(idx, pop)
-            cut_short |= bool((need & ~afford).any())
+            afford = ctx.affordable(idx, pop, wanted=need)
             keep = need & afford
             if not bool(keep.all()):
                 idx, img, crit, genes, fitness = idx[keep], img[keep], crit[keep], genes[keep], fitness[keep]
@@ -120,11 +116,6 @@ class OnePixel(EvasionAttack):
             better = child_fitness <= fitness
             genes = torch.where(better[..., None, None], children, genes)
             fitness = torch.where(better, child_fitness, fitness)
-        self._finish(cut_short)
-
-    def _finish(self, cut_short: bool) -> None:
-        if cut_short:
-            raise QueryBudgetExceeded(f"{self.name}: per-sample query budget reached")
 
     def _initial(self, img: Tensor, k: int, bounds: tuple[float, float], gen: torch.Generator) -> Tensor:
         """The paper's start: coordinates uniform over the image, values N(128, 127) on 0..255."""

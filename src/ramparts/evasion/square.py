@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from ramparts.criteria import Criterion
-from ramparts.errors import QueryBudgetExceeded
 from ramparts.evasion.base import AttackContext, EvasionAttack, register
 from ramparts.oracles.base import Knowledge
 from ramparts.params import Interval, Options
@@ -128,10 +127,8 @@ class Square(EvasionAttack):
         threat = ctx.threat
         idx = ctx.start_indices()
         keep = ctx.affordable(idx, 1)
-        cut_short = not bool(keep.all())
         idx = idx[keep]
         if len(idx) == 0:
-            self._finish(cut_short)
             return
         x0 = ctx.x[idx]
         img = x0.view(len(x0), 1, 1, -1) if x0.dim() != 4 else x0
@@ -145,8 +142,7 @@ class Square(EvasionAttack):
         step = self._linf_step if threat.norm == "linf" else self._l2_step
         for it in range(self.n_queries - 1):
             need = ctx.tracker.margin[idx] >= 0 if ctx.early_stop else torch.ones_like(idx, dtype=torch.bool)
-            afford = ctx.affordable(idx, 1)
-            cut_short |= bool((need & ~afford).any())
+            afford = ctx.affordable(idx, 1, wanted=need)
             keep = need & afford
             if not bool(keep.all()):
                 idx, img, x_best, crit, loss = idx[keep], img[keep], x_best[keep], crit[keep], loss[keep]
@@ -161,11 +157,6 @@ class Square(EvasionAttack):
             better = new_loss < loss
             x_best = torch.where(better.view(-1, 1, 1, 1), x_new, x_best)
             loss = torch.where(better, new_loss, loss)
-        self._finish(cut_short)
-
-    def _finish(self, cut_short: bool) -> None:
-        if cut_short:
-            raise QueryBudgetExceeded(f"{self.name}: per-sample query budget reached")
 
     @staticmethod
     def _init(

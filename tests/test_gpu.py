@@ -34,15 +34,28 @@ def deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(before)
 
 
-@pytest.mark.parametrize("name", ["pgd", "apgd", "cw", "fgsm"])
+SETTINGS: dict[str, tuple[dict[str, object], ThreatModel]] = {
+    "pgd": ({}, ThreatModel(eps=0.1)),
+    "apgd": ({}, ThreatModel(eps=0.1)),
+    "fgsm": ({}, ThreatModel(eps=0.1)),
+    "cw": ({}, ThreatModel(norm="l2", eps=2.0)),
+    "nes": ({"steps": 20, "samples": 20}, ThreatModel(eps=0.2)),
+    "square": ({"n_queries": 300}, ThreatModel(eps=0.2)),
+    "onepixel": ({"population": 50, "iterations": 10}, ThreatModel(norm="l0", eps=5)),
+    "hopskipjump": ({"steps": 10}, ThreatModel(norm="l2", eps=2.0)),
+    "boundary": ({"steps": 300, "init": "batch"}, ThreatModel(norm="l2", eps=2.0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_attack_runs_on_the_model_device(name: str, digits_model: Trained, deterministic: None) -> None:
     model = digits_model.model.to("cuda")
     try:
         oracle = TorchOracle(model, input_shape=(1, 8, 8))
-        threat = ThreatModel(norm="l2", eps=2.0) if name == "cw" else ThreatModel(eps=0.1)
+        params, threat = SETTINGS[name]
         x, y = digits_model.x.cuda(), digits_model.y.cuda()
-        a = ATTACKS.get(name)()(oracle, x, y, threat, seed=1)
-        b = ATTACKS.get(name)()(oracle, x, y, threat, seed=1)
+        a = ATTACKS.get(name)(**params)(oracle, x, y, threat, seed=1)
+        b = ATTACKS.get(name)(**params)(oracle, x, y, threat, seed=1)
         assert a.x_adv.device.type == "cuda"
         assert a.queries.device.type == "cuda"
         assert torch.equal(a.x_adv, b.x_adv)

@@ -7,7 +7,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from ramparts.errors import AccessError, QueryBudgetExceeded, ValidationError
-from ramparts.oracles import Knowledge, SklearnOracle
+from ramparts.oracles import Knowledge, SklearnOracle, TorchOracle
 from ramparts.targets import LabelBox, ScoreBox, WhiteBox, view_for
 
 from .conftest import Trained
@@ -99,3 +99,17 @@ def test_access_beyond_the_oracle_is_refused(digits_model: Trained) -> None:
     assert torch.allclose(
         box.scores(digits_model.x), torch.from_numpy(clf.predict_proba(flat)).float(), atol=1e-6
     )
+
+
+def test_torch_oracle_chunks_large_evaluations(digits_model: Trained) -> None:
+    oracle = TorchOracle(digits_model.model, input_shape=(1, 8, 8))
+    assert oracle.batch_size == 256  # the CPU default
+    x = digits_model.x.repeat(9, 1, 1, 1)  # 576 rows: three chunks
+    calls: list[int] = []
+    handle = digits_model.model.register_forward_pre_hook(lambda _m, args: calls.append(len(args[0])))
+    try:
+        lp = oracle.log_probs(x)
+    finally:
+        handle.remove()
+    assert calls == [256, 256, 64]
+    assert torch.allclose(lp, digits_model.model(x).log_softmax(dim=1), atol=1e-5)

@@ -78,3 +78,40 @@ class EvasionResult:
             "budget_exhausted": self.budget_exhausted,
             **self.extra,
         }
+
+
+@dataclass(frozen=True)
+class TheftResult:
+    """The outcome of one model-extraction attack, measured by the base class on held-out data.
+
+    `fidelity`: agreement of the substitute's labels with the oracle's; `accuracy`: against the true
+    labels; `curve`: (queries, fidelity) points recorded along the way.
+    """
+
+    attack: str
+    config: dict[str, Any]
+    seed: int
+    substitute: Any
+    queries: int
+    accuracy: float
+    fidelity: float
+    oracle_accuracy: float
+    curve: list[tuple[int, float]]
+    elapsed_s: float
+    budget_exhausted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "attack": self.attack,
+            "config": self.config,
+            "seed": self.seed,
+            "queries": self.queries,
+            "accuracy": self.accuracy,
+            "fidelity": self.fidelity,
+            "oracle_accuracy": self.oracle_accuracy,
+            "curve": [list(p) for p in self.curve],
+            "elapsed_s": self.elapsed_s,
+            "budget_exhausted": self.budget_exhausted,
+            **self.extra,
+        }

@@ -1,0 +1,5 @@
+"""Model theft (extraction): substitute training, Knockoff, equation solving; registered in `THEFTS`."""
+
+from ramparts.theft.base import THEFTS, TheftAttack, TheftContext, register
+
+__all__ = ["THEFTS", "TheftAttack", "TheftContext", "register"]

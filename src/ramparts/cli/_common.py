@@ -16,8 +16,9 @@ from rich.markup import escape
 from torch import Tensor
 
 from ramparts.data import DATASET_FORMS
-from ramparts.errors import AccessError, RampartsError, unknown
+from ramparts.errors import AccessError, RampartsError, invalid, unknown
 from ramparts.oracles.base import Knowledge, Oracle
+from ramparts.params import HasParams
 
 # Options shared by the commands that take a model and a dataset.
 ModelOption = Annotated[
@@ -77,6 +78,28 @@ def _as_option(message: str, options: dict[str, Any]) -> str:
     return message
 
 
+def parse_params(items: list[str], cls: type[HasParams], name: str) -> dict[str, Any]:
+    """`-p steps=20 -p loss=dlr` -> {"steps": 20, "loss": "dlr"} (values read as JSON when they parse),
+    checked against the keyword parameters of `cls` (an attack or a theft called `name`)."""
+    allowed = cls.param_names()
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            keys = ", ".join(allowed) or "none"
+            raise invalid(
+                "--param", item, "KEY=VALUE", f"e.g. -p {(allowed or ['key'])[0]}=... ; keys: {keys}."
+            )
+        if key not in allowed:
+            raise invalid("--param", key, f"a hyperparameter of {name!r}: {', '.join(allowed)}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
 def print_json(value: Any) -> None:
     """Machine output: strict JSON on stdout and nothing else."""
     from ramparts.report.json import to_jsonable
@@ -101,7 +124,6 @@ def load_target(
 ) -> dict[str, Any]:
     """The model (loaded from a zoo file, or the default trained on the spot) and the data it is judged on."""
     from ramparts.audit import DEFAULT_ARCH, train_default_model
-    from ramparts.errors import invalid
     from ramparts.zoo import load_model
 
     meta: dict[str, Any] = {}
@@ -141,7 +163,6 @@ def load_target(
 
 def make_oracle(model: Any, test_ds: Any) -> Any:
     """Wrap a module for attacks; a shape mismatch is a user error, not a traceback."""
-    from ramparts.errors import invalid
     from ramparts.oracles import TorchOracle
 
     try:

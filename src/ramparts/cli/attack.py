@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +20,7 @@ from ramparts.cli._common import (
     make_oracle,
     out,
     parse_knowledge,
+    parse_params,
     print_json,
     user_errors,
 )
@@ -31,27 +31,6 @@ from ramparts.threat import GOALS, NORMS, TARGET_RULES
 
 # Used when --eps is not given: moderate budgets on [0, 1] images.
 DEFAULT_EPS: dict[str, str] = {"linf": "0.1", "l2": "1.0", "l0": "5px"}
-
-
-def parse_params(items: list[str], attack: str) -> dict[str, Any]:
-    """`-p steps=20 -p loss=dlr` -> {"steps": 20, "loss": "dlr"} (values read as JSON when they parse)."""
-    cls = ATTACKS.get(attack)
-    allowed = cls.param_names()
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise invalid(
-                "--param", item, "KEY=VALUE", f"e.g. -p {allowed[0]}=... ; keys: {', '.join(allowed)}."
-            )
-        if key not in allowed:
-            raise invalid("--param", key, f"a hyperparameter of {attack!r}: {', '.join(allowed)}")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return params
 
 
 def _check_supported(attack: str, threat: Any) -> None:
@@ -207,7 +186,7 @@ def attack_command(
     from ramparts.threat import ThreatModel
 
     cls = ATTACKS.get(attack)
-    params = parse_params(param or [], attack)
+    params = parse_params(param or [], ATTACKS.get(attack), attack)
     threat = ThreatModel(
         norm=norm,
         eps=eps if eps is not None else DEFAULT_EPS.get(norm, "0.1"),

@@ -187,3 +187,22 @@ def test_evaluate_and_predict_logits_are_batch_independent(small: Dataset) -> No
     assert evaluate(model, small, batch_size=50) == pytest.approx(expected)
     with pytest.raises(ValidationError, match="batch_size"):
         predict_logits(model, small, batch_size=0)
+
+
+def test_soft_targets_train_towards_the_given_probabilities() -> None:
+    ds = data.load_digits().subset(range(300))
+    torch.manual_seed(0)
+    teacher = zoo.build("mlp", in_channels=1, input_size=8, num_classes=10)
+    train(teacher, ds, config=TrainConfig(epochs=5, seed=0), progress=False)
+    with torch.no_grad():
+        soft = teacher(ds.x).softmax(dim=1)
+    torch.manual_seed(1)
+    student = zoo.build("mlp", in_channels=1, input_size=8, num_classes=10)
+    train(student, ds, config=TrainConfig(epochs=15, seed=0), progress=False, soft_targets=soft)
+    with torch.no_grad():
+        agree = (student(ds.x).argmax(dim=1) == soft.argmax(dim=1)).float().mean()
+    assert float(agree) > 0.9
+    with pytest.raises(ValidationError, match="soft_targets"):
+        train(student, ds, config=TrainConfig(epochs=1), progress=False, soft_targets=soft[:10])
+    with pytest.raises(ValidationError, match="soft_targets"):
+        train(student, ds, config=TrainConfig(epochs=1), progress=False, soft_targets=soft * 2)

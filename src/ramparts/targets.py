@@ -62,6 +62,10 @@ class LabelBox:
         """Per-sample number of queries so far (every forward evaluation counts one)."""
         return self.forwards
 
+    def restore(self, queries: Tensor) -> None:
+        """Count per-sample queries that an interrupted run of the same attack already spent (resume)."""
+        self._forwards += queries.to(self._forwards)
+
     def remaining(self, idx: Tensor | None = None) -> Tensor | None:
         """Queries left per sample (None without a budget)."""
         if self.budget is None:

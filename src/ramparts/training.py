@@ -183,13 +183,16 @@ def train(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     loss_hook: LossHook | None = None,
+    soft_targets: torch.Tensor | None = None,
 ) -> TrainReport:
     """Train ``model`` in place on ``train``; returns the per-epoch report, model left in eval mode.
 
     With ``checkpoint_dir``, each epoch's weights (safetensors) and optimizer/RNG state are saved
     there, and a later call with the same config resumes from the last one, giving the same final
     weights as an uninterrupted run. ``loss_hook(model, x, y)`` replaces the batch loss
-    (default :func:`cross_entropy_loss`).
+    (default :func:`cross_entropy_loss`). ``soft_targets`` (N x K probabilities, one row per training
+    input: a teacher's or an oracle's scores) are what the hook receives as ``y`` instead of the labels;
+    the default cross-entropy accepts them as they are. Accuracy is still measured on ``train.y``.
     """
     config = config or TrainConfig()
     device = config.resolve_device()
@@ -198,6 +201,7 @@ def train(
     _check_output(model, train, device)
     hook = loss_hook or cross_entropy_loss
     x, y = train.x.to(device), train.y.to(device)
+    targets = y if soft_targets is None else _check_soft_targets(soft_targets, train).to(device)
     optimizer = make_optimizer(model, config)
     shuffle = torch.Generator().manual_seed(config.seed)
     report = TrainReport(config=config)
@@ -223,7 +227,7 @@ def train(
                 bar.update(task, description=f"epoch {epoch}/{config.epochs}")
                 start = time.perf_counter()
                 loss = _train_epoch(
-                    model, x, y, optimizer, shuffle, config.batch_size, hook, lambda: bar.advance(task)
+                    model, x, targets, optimizer, shuffle, config.batch_size, hook, lambda: bar.advance(task)
                 )
                 stats = EpochStats(
                     epoch=epoch,
@@ -284,6 +288,23 @@ def evaluate(
         raise invalid("ds", type(ds).__name__, "a ramparts.data.Dataset", cls=RampartsTypeError)
     logits = predict_logits(model, ds.x, batch_size=batch_size, device=device)
     return float((logits.argmax(dim=1) == ds.y.to(logits.device)).float().mean())
+
+
+def _check_soft_targets(soft: torch.Tensor, train: Dataset) -> torch.Tensor:
+    """Probability rows, one per training input, over the dataset's classes."""
+    expected = (len(train), train.num_classes)
+    if not isinstance(soft, torch.Tensor) or soft.dim() != 2 or tuple(soft.shape) != expected:
+        shape = tuple(soft.shape) if isinstance(soft, torch.Tensor) else type(soft).__name__
+        raise invalid("soft_targets", shape, f"a tensor of shape {expected}: one probability row per input")
+    soft = soft.float()
+    sums = soft.sum(dim=1)
+    if (
+        not bool(torch.isfinite(soft).all())
+        or bool((soft < 0).any())
+        or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3)
+    ):
+        raise invalid("soft_targets", "rows that are not probabilities", "non-negative rows summing to 1")
+    return soft
 
 
 def _train_epoch(

@@ -70,6 +70,10 @@ class TheftContext:
         """Oracle log-probabilities of `x` (score thefts only); each row is one query."""
         return cast(ScoreBox, self.box).log_probs(x, self._rows(x))
 
+    def restore_queries(self, queries: int) -> None:
+        """Resume: count the queries an interrupted run of this theft already spent (no oracle call)."""
+        self.box.restore(torch.tensor([queries]))
+
     def remaining(self) -> int | None:
         left = self.box.remaining()
         return None if left is None else int(left[0])

@@ -15,8 +15,8 @@ from ramparts.data import Dataset, load_digits
 from ramparts.errors import UnknownNameError, ValidationError
 from ramparts.oracles import TorchOracle
 from ramparts.results import TheftResult
-from ramparts.theft import THEFTS, JacobianAugmentation
-from ramparts.theft.jacobian import jacobian_sign
+from ramparts.theft import THEFTS
+from ramparts.theft.jacobian import JacobianAugmentation, jacobian_sign
 from ramparts.theft.transfer import transfer_attack
 from tests.conftest import Trained
 

@@ -240,7 +240,8 @@ class KnockoffNets(TheftAttack):
             seed=phase,
             device=str(ctx.device),
         )
-        soft = probs if self.knowledge >= Knowledge.SCORE else None
+        # Hardened APIs may answer rows that no longer sum to 1 (rounding): an attacker renormalises.
+        soft = probs / probs.sum(dim=1, keepdim=True) if self.knowledge >= Knowledge.SCORE else None
         train(model, data, config=config, progress=False, soft_targets=soft)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 
 from ramparts.data import Dataset, load_digits
 from ramparts.errors import AccessError, ValidationError
+from ramparts.oracles.base import Knowledge, Oracle
 from ramparts.oracles.sklearn import SklearnOracle
 from ramparts.theft import THEFTS
 from ramparts.theft.equations import EquationSolving
@@ -91,3 +94,23 @@ def test_deterministic(digits_split: tuple[Dataset, Dataset]) -> None:
     a = EquationSolving()(oracle, train.x[:5], test, seed=3).substitute.weight
     b = EquationSolving()(oracle, train.x[:5], test, seed=3).substitute.weight
     assert torch.equal(a, b)
+
+
+def test_an_oracle_with_the_wrong_number_of_classes_is_refused() -> None:
+    """A target that declares 10 classes but answers 3 scores per row is a clear error, not a crash."""
+
+    class Liar(Oracle):
+        knowledge = Knowledge.SCORE
+        num_classes = 10
+        device = torch.device("cpu")
+        input_shape = (1, 8, 8)
+
+        def log_probs(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((len(x), 3), -math.log(3))
+
+        def labels(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(len(x), dtype=torch.int64)
+
+    ds = load_digits()
+    with pytest.raises(ValidationError, match="number of classes"):
+        THEFTS.get("equations")()(Liar(), ds.x[:100], ds.subset(range(100, 200)))

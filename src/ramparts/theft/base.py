@@ -63,12 +63,20 @@ class TheftContext:
         return torch.zeros(len(x), dtype=torch.int64, device=x.device)
 
     def ask_labels(self, x: Tensor) -> Tensor:
-        """Oracle labels of `x`; each row is one query."""
-        return self.box.labels(x, self._rows(x))
+        """Oracle labels of `x`; each row is one query. Answers outside the declared classes are refused."""
+        labels = self.box.labels(x, self._rows(x))
+        if labels.shape != (len(x),) or bool(((labels < 0) | (labels >= self.num_classes)).any()):
+            raise _wrong_answer(
+                f"labels of shape {tuple(labels.shape)}", f"{len(x)} labels in [0, {self.num_classes})"
+            )
+        return labels
 
     def ask_log_probs(self, x: Tensor) -> Tensor:
         """Oracle log-probabilities of `x` (score thefts only); each row is one query."""
-        return cast(ScoreBox, self.box).log_probs(x, self._rows(x))
+        lp = cast(ScoreBox, self.box).log_probs(x, self._rows(x))
+        if lp.shape != (len(x), self.num_classes):
+            raise _wrong_answer(f"scores of shape {tuple(lp.shape)}", f"shape ({len(x)}, {self.num_classes})")
+        return lp
 
     def restore_queries(self, queries: int) -> None:
         """Resume: count the queries an interrupted run of this theft already spent (no oracle call)."""
@@ -177,6 +185,15 @@ class TheftAttack(HasParams):
 @torch.no_grad()
 def _predict_labels(predict: Predictor, x: Tensor, batch: int = 1024) -> Tensor:
     return torch.cat([predict(part).argmax(dim=1) for part in x.split(batch)])
+
+
+def _wrong_answer(given: str, expected: str) -> Exception:
+    return invalid(
+        "target",
+        given,
+        f"{expected}, the number of classes the oracle declares",
+        "check the oracle's num_classes (or its output layer).",
+    )
 
 
 def _check_classes(oracle: Oracle, labels: Tensor) -> None:

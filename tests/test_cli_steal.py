@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ramparts.cli.main import app
+from ramparts.data import shared_data_dir
 from ramparts.theft import THEFTS
 
 runner = CliRunner(env={"COLUMNS": "240", "NO_COLOR": "1"})
@@ -59,3 +60,15 @@ def test_steal_user_errors(victim: Path, args: list[str], name: str) -> None:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert name in result.output
+
+
+def test_knockoff_from_another_distribution(victim: Path) -> None:
+    """CIFAR-10 images, converted to the victim's 1x8x8 input, as Knockoff's transfer set."""
+    if shared_data_dir() is None:
+        pytest.skip("the shared CIFAR-10 data is absent")
+    args = ["steal", "--model", str(victim), "--theft", "knockoff", "--seed-data", "cifar10"]
+    result = runner.invoke(app, [*args, "-p", "budget=300", "-p", "epochs=5", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["queries"] == 300
+    assert summary["fidelity"] > 0.2

@@ -19,10 +19,11 @@ from ramparts.cli._common import (
     print_json,
     user_errors,
 )
-from ramparts.data import load_dataset
+from ramparts.data import Dataset, load_dataset
 from ramparts.defenses.hardening import harden as apply_hardening
 from ramparts.errors import invalid
 from ramparts.theft import THEFTS
+from ramparts.theft.knockoff import adapt_images
 
 
 @user_errors
@@ -73,14 +74,12 @@ def steal_command(
             raise invalid("seeds", seeds, f"fewer than the {len(test)} test images", "lower --seeds.")
         attacker, held_out = test.subset(range(seeds)), test.subset(range(seeds, len(test)))
     else:
-        attacker, held_out = load_dataset(seed_data), test
-        if attacker.input_shape != test.input_shape:
-            raise invalid(
-                "seed_data",
-                seed_data,
-                f"images of the victim's input shape {test.input_shape}, got {attacker.input_shape}",
-                "adapt the images first (ramparts.theft.knockoff) or choose another dataset.",
-            )
+        natural = load_dataset(seed_data)
+        # Natural images of another distribution, converted to the victim's input shape (Knockoff's setting).
+        attacker = Dataset(
+            adapt_images(natural.x, test.input_shape), natural.y, natural.classes, natural.name
+        )
+        held_out = test
     if not json_out:
         err.print(f"[dim]Stealing with {theft} from {len(attacker)} attacker inputs...[/]")
     result = cls(**params)(oracle, attacker, held_out, max_queries=max_queries, seed=seed, run_dir=run_dir)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,30 +89,47 @@ def check_names() -> list[str]:
     return [*CHECKS, *extra]
 
 
+def _resolve(
+    param: str,
+    items: Sequence[Any],
+    ready: type,
+    lookup: Callable[[str], Any | None],
+    allowed: Callable[[], list[str]],
+) -> list[Any]:
+    """Checks from a list of ready objects or names (resolved by `lookup`), each attack once."""
+    checks: list[Any] = []
+    for item in items:
+        if isinstance(item, ready):
+            checks.append(item)
+            continue
+        if not isinstance(item, str):
+            raise invalid(param, item, f"attack names or {ready.__name__} objects", cls=RampartsTypeError)
+        check = lookup(item.strip().lower())
+        if check is None:
+            raise unknown(param, item, allowed())
+        checks.append(check)
+    keys = [c.key for c in checks]
+    if len(set(keys)) != len(keys):
+        raise invalid(param, keys, "each attack once", "remove the repeated names.")
+    return checks
+
+
 def resolve_checks(names: Sequence[str | Check]) -> list[Check]:
     """Battery keys (`apgd-dlr`), registered attack names (`mifgsm`, linf) or ready `Check`s."""
     if isinstance(names, str):
         names = [n for n in names.split(",") if n.strip()]
-    checks: list[Check] = []
-    for item in names:
-        if isinstance(item, Check):
-            checks.append(item)
-            continue
-        if not isinstance(item, str):
-            raise invalid("attacks", item, "attack names or Check objects", cls=RampartsTypeError)
-        name = item.strip().lower()
+
+    def lookup(name: str) -> Check | None:
         if name in CHECKS:
-            checks.append(CHECKS[name])
-        elif name in ATTACKS and "untargeted" in ATTACKS.get(name).goals:
+            return CHECKS[name]
+        if name in ATTACKS and "untargeted" in ATTACKS.get(name).goals:
             cls = ATTACKS.get(name)
-            checks.append(Check(name, name, {}, "l2" if cls.minimizes_norm else "linf", name.upper()))
-        else:
-            raise unknown("attacks", item, check_names())
+            return Check(name, name, {}, "l2" if cls.minimizes_norm else "linf", name.upper())
+        return None
+
+    checks = _resolve("attacks", names, Check, lookup, check_names)
     if not checks:
         raise invalid("attacks", list(names), "at least one attack", f"pick from {', '.join(check_names())}.")
-    keys = [c.key for c in checks]
-    if len(set(keys)) != len(keys):
-        raise invalid("attacks", keys, "each attack once", "remove the repeated names.")
     return checks
 
 
@@ -236,27 +253,18 @@ def resolve_blackbox(names: Sequence[str | BlackBoxCheck] | str | None) -> list[
     if isinstance(names, str):
         names = [n for n in names.split(",") if n.strip() and n.strip().lower() != "none"]
     named = blackbox_checks()
-    checks: list[BlackBoxCheck] = []
-    for item in names:
-        if isinstance(item, BlackBoxCheck):
-            checks.append(item)
-            continue
-        if not isinstance(item, str):
-            raise invalid("blackbox", item, "attack names or BlackBoxCheck objects", cls=RampartsTypeError)
-        name = item.strip().lower()
+
+    def lookup(name: str) -> BlackBoxCheck | None:
         if name in named:
-            checks.append(named[name])
-        elif name in blackbox_names():
+            return named[name]
+        if name in blackbox_names():
             cls = ATTACKS.get(name)
             norm = "linf" if "linf" in cls.norms else "l2"
             budget = next((p for p in _BUDGET_PARAMS if p in cls.param_names()), None)
-            checks.append(BlackBoxCheck(name, name, {}, norm, name.upper(), budget))
-        else:
-            raise unknown("blackbox", item, [*blackbox_names(), "none"])
-    keys = [c.key for c in checks]
-    if len(set(keys)) != len(keys):
-        raise invalid("blackbox", keys, "each attack once", "remove the repeated names.")
-    return checks
+            return BlackBoxCheck(name, name, {}, norm, name.upper(), budget)
+        return None
+
+    return _resolve("blackbox", names, BlackBoxCheck, lookup, lambda: [*blackbox_names(), "none"])
 
 
 def resolve_budgets(budgets: Sequence[int | str] | str) -> list[int]:

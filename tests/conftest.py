@@ -38,9 +38,13 @@ def _tiny_cnn() -> nn.Module:
     )
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and do not fight other jobs for the cores."""
+    """Tiny models run fastest on one thread, and do not fight other jobs for the cores.
+
+    Session-scoped so that it is set before any module-scoped fixture runs: results that train a model
+    (the audit's theft section) differ in the last float bits between thread counts, and a fixture
+    computed on two threads would not equal the same run repeated on one."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

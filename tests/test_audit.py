@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import ramparts.audit.run
+import ramparts.audit.theft
 from ramparts.audit import (
     CHECKS,
     AuditReport,
@@ -300,7 +301,7 @@ def test_interrupted_audit_resumes_to_the_same_report(
     resumed = run_audit(digits_model.model, None, held_out, out_dir=tmp_path, **KWARGS)
     assert "fgsm" not in calls, "FGSM's measurements are reused"
     assert calls.count("cw") == 1
-    assert resumed.resumed == {"measurements_reused": 5, "measurements": 15, "model_reused": False}
+    assert resumed.resumed == {"measurements_reused": 5, "measurements": 16, "model_reused": False}
     _assert_same_run(audit.out_dir, tmp_path)
     assert resumed.findings[4]["summary"] is not None
 
@@ -324,7 +325,9 @@ def test_resume_reruns_what_metrics_lost_and_rolls_arrays_back(
     assert "fgsm" not in calls
     assert calls.count("cw") == 1
     assert resumed.resumed is not None
-    assert resumed.resumed["measurements_reused"] == 6 + 2 * len(BUDGETS), "the black-box steps too"
+    assert resumed.resumed["measurements_reused"] == 6 + 2 * len(BUDGETS) + 1, (
+        "the black-box and theft steps too"
+    )
     _assert_same_run(audit.out_dir, folder)
 
 
@@ -385,7 +388,7 @@ def test_default_model_is_reused_on_resume(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(ramparts.audit.run, "train_default_model", no_training)
     again = run_audit(out_dir=tmp_path / "b", **kwargs)
-    assert again.resumed == {"measurements_reused": 1, "measurements": 1, "model_reused": True}
+    assert again.resumed == {"measurements_reused": 2, "measurements": 2, "model_reused": True}
     assert again.model == first.model
     _assert_same_run(tmp_path / "a", tmp_path / "b")
     with pytest.raises(RunFolderMismatchError, match=r"identity\.model"):
@@ -477,3 +480,62 @@ def test_audit_interrupted_in_the_blackbox_section_resumes_to_the_same_report(
     assert resumed.resumed is not None
     assert resumed.resumed["measurements_reused"] == 15 - 2
     _assert_same_run(audit.out_dir, tmp_path)
+
+
+def test_theft_section_copies_the_model_and_transfers(audit: AuditReport) -> None:
+    theft = audit.theft
+    assert theft is not None
+    config = theft["config"]
+    labelled = config["seeds"] * 2 ** (config["params"]["rounds"] - 1)
+    assert theft["queries"] == labelled == theft["curve"][-1][0]
+    assert [q for q, _ in theft["curve"]] == sorted(q for q, _ in theft["curve"])
+    assert 0.0 <= theft["fidelity"] <= 1.0
+    assert 0.0 <= theft["accuracy"] <= 1.0
+    assert theft["n_eval"] == 60  # the seeds come from test images the audit does not evaluate on
+    assert [r["eps"] for r in theft["transfer"]] == [0.1, 0.3]
+    assert all(0.0 <= r["oracle_error"] <= 1.0 and "noise_error" in r for r in theft["transfer"])
+    assert any(line.startswith("A label-only attacker with 400 queries") for line in audit.headlines)
+    assert audit.out_dir is not None
+    report = json.loads((audit.out_dir / "report.json").read_text())
+    metrics = json.loads((audit.out_dir / "metrics.json").read_text())
+    assert report["theft"]["fidelity"] == metrics["theft"]["fidelity"] == theft["fidelity"]
+    assert report["config"]["theft"]["attack"] == "jacobian"
+
+
+def test_theft_section_is_reused_on_resume(
+    audit: AuditReport, held_out: Dataset, digits_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert audit.out_dir is not None
+    folder = tmp_path / "copy"
+    shutil.copytree(audit.out_dir, folder)
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the recorded theft section was measured again")
+
+    monkeypatch.setattr(ramparts.audit.theft, "transfer_attack", never)
+    resumed = run_audit(digits_model.model, None, held_out, out_dir=folder, **KWARGS)
+    assert resumed.theft == audit.theft
+    assert resumed.resumed is not None
+    assert resumed.resumed["measurements_reused"] == resumed.resumed["measurements"]
+
+
+def test_theft_none_skips_the_section(digits_model, held_out: Dataset) -> None:
+    report = run_audit(
+        digits_model.model, None, held_out, eps_grid=(0.1,), attacks="fgsm", n=20, theft="none", **NO_BB
+    )
+    assert report.theft is None
+    assert report.config["theft"] is None
+    with pytest.raises(ValidationError, match="theft"):
+        run_audit(digits_model.model, None, held_out, attacks="fgsm", n=20, theft="knockoff", **NO_BB)
+
+
+def test_resume_on_another_thread_count_is_refused(digits_model, held_out: Dataset, tmp_path: Path) -> None:
+    kwargs: dict[str, Any] = {"eps_grid": (0.1,), "attacks": "fgsm", "n": 10, "theft": "none", **NO_BB}
+    run_audit(digits_model.model, None, held_out, out_dir=tmp_path, **kwargs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        with pytest.raises(RunFolderMismatchError, match=r"identity\.model"):
+            run_audit(digits_model.model, None, held_out, out_dir=tmp_path, **kwargs)
+    finally:
+        torch.set_num_threads(threads)

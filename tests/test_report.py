@@ -211,3 +211,41 @@ def test_blackbox_headline() -> None:
         "(white-box: 80.0%)."
     )
     assert blackbox_headline({"checks": {}}) is None
+
+
+def test_html_has_the_theft_section(report: AuditReport) -> None:
+    html = _html(report)
+    assert report.theft is not None
+    assert "Model theft: a label-only copy and the attacks it enables" in html
+    assert 'alt="fidelity of the stolen copy against the labels queried"' in html
+    assert "Papernot" in html
+    assert f"{100 * report.theft['fidelity']:.1f}%" in html
+    assert any(line.startswith("A label-only attacker with") for line in report.headlines)
+
+
+def test_fidelity_plot_is_png_and_deterministic() -> None:
+    from ramparts.report import plots
+
+    curve = [(50, 0.2), (100, 0.6), (200, 0.7), (400, 0.8)]
+    a = plots.fidelity_vs_queries(curve, accuracy=0.75)
+    assert a.startswith(PNG)
+    assert a == plots.fidelity_vs_queries(curve, accuracy=0.75)
+
+
+def test_theft_headline() -> None:
+    from ramparts.report.summary import theft_headline
+
+    section = {
+        "queries": 400,
+        "fidelity": 0.85,
+        "config": {"transfer_attack": "fgsm"},
+        "transfer": [
+            {"eps_label": "8/255", "oracle_error": 0.4, "noise_error": 0.03},
+            {"eps_label": "80/255", "oracle_error": 0.8, "noise_error": 0.2},
+        ],
+    }
+    assert theft_headline(section) == (
+        "A label-only attacker with 400 queries copies the model at 85% fidelity; FGSM examples crafted on "
+        "the copy fool the model 40% of the time at eps=8/255 and 80% at eps=80/255 (random noise of the "
+        "same size: 3% and 20%)."
+    )

@@ -15,7 +15,10 @@ measured and a new run with the same configuration and folder resumes from them;
 A black-box section runs one score-based (Square, linf at the reference eps) and one label-only attack
 (HopSkipJump, L2) at query budgets per image, on a subset: the success rate against the budget.
 
-Modules: `checks` (the battery, the eps grid and the black-box checks), `blackbox` (the budget sweeps), `model` (the model under audit), `runner` (the
+A theft section trains a label-only copy of the model (Jacobian-based augmentation, from held-out seeds)
+and transfers FGSM crafted on it: fidelity against queries and the transfer rate against noise.
+
+Modules: `checks` (the battery, the eps grid and the black-box checks), `blackbox` (the budget sweeps), `theft` (the theft section), `model` (the model under audit), `runner` (the
 per-check work), `run_folder` (the folder's files and resume rules), `report` (`AuditReport`), `run`
 (`run_audit`).
 """
@@ -42,6 +45,7 @@ from ramparts.audit.model import DEFAULT_ARCH, DEFAULT_EPOCHS, default_split, tr
 from ramparts.audit.report import AuditReport
 from ramparts.audit.run import run_audit
 from ramparts.audit.run_folder import RunFolderMismatchError
+from ramparts.audit.theft import DEFAULT_THEFT, DEFAULT_THEFT_SEEDS
 
 __all__ = [
     "CHECKS",
@@ -55,6 +59,8 @@ __all__ = [
     "DEFAULT_N",
     "DEFAULT_QUERY_BUDGETS",
     "DEFAULT_REFERENCE_EPS",
+    "DEFAULT_THEFT",
+    "DEFAULT_THEFT_SEEDS",
     "AuditReport",
     "BlackBoxCheck",
     "Check",

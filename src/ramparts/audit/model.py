@@ -106,7 +106,7 @@ def model_identity(oracle: Oracle) -> dict[str, Any]:
         "weights_sha256": tensor_digest(*(state[k] for k in sorted(state)), *stats),
         "parameter_names_sha256": hashlib.sha256("\n".join(sorted(state)).encode()).hexdigest(),
         "normalised": [oracle._mean is not None, oracle._std is not None],
-        "device": oracle.device.type,
+        **_compute(oracle.device),
     }
 
 
@@ -120,8 +120,14 @@ def training_identity(train_ds: Dataset, *, epochs: int, seed: int) -> dict[str,
         "lr": _TRAIN_LR,
         "batch_size": _TRAIN_BATCH,
         "train_data_sha256": tensor_digest(train_ds.x, train_ds.y),
-        "device": TrainConfig().resolve_device().type,
+        **_compute(TrainConfig().resolve_device()),
     }
+
+
+def _compute(device: torch.device) -> dict[str, Any]:
+    """Where the numbers are computed: the device type, and on a CPU the thread count, since training and
+    reductions give other float bits on another count (a resumed run must not mix them)."""
+    return {"device": device.type, "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None}
 
 
 def save_model(

@@ -40,6 +40,7 @@ class AuditReport:
     out_dir: Path | None = None
     resumed: dict[str, Any] | None = None
     blackbox: dict[str, Any] | None = None
+    theft: dict[str, Any] | None = None
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)
 
@@ -85,6 +86,7 @@ class AuditReport:
                 "minimum_norm": self.minimum_norm,
             },
             "blackbox": self.blackbox,
+            "theft": self.theft,
             "citations": self.citations,
             "timings": self.timings,
             "resumed": self.resumed,

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from ramparts.audit import blackbox as bb
+from ramparts.audit import theft as th
 from ramparts.audit.checks import (
     DEFAULT_BLACKBOX,
     DEFAULT_BLACKBOX_L2_EPS,
@@ -55,6 +56,7 @@ from ramparts.report.figures import evasion_figures
 from ramparts.report.html import write_html
 from ramparts.report.json import write_json
 from ramparts.report.summary import attack_citation, headlines
+from ramparts.theft import THEFTS
 
 
 @contextlib.contextmanager
@@ -93,6 +95,8 @@ def run_audit(
     query_budgets: Sequence[int | str] | str = DEFAULT_QUERY_BUDGETS,
     blackbox_n: int = DEFAULT_BLACKBOX_N,
     blackbox_l2_eps: float | str = DEFAULT_BLACKBOX_L2_EPS,
+    theft: str | None = th.DEFAULT_THEFT,
+    theft_seeds: int = th.DEFAULT_THEFT_SEEDS,
 ) -> AuditReport:
     """Audit `model` (default: train `small_cnn` on `train_ds`, default the digits) on `n` test images.
 
@@ -108,9 +112,12 @@ def run_audit(
     `BlackBoxCheck`s; None or "none": no section), each run at every budget of `query_budgets` (queries
     per image) on the first `blackbox_n` audited images, linf ones at the reference eps and L2 ones at
     `blackbox_l2_eps`.
+    `theft`: the theft section's attack ("jacobian", label-only; None or "none": no section), started
+    from `theft_seeds` held-out test images; the copy's fidelity and accuracy against the labels used, and
+    FGSM crafted on it transferred to the model at the reference eps and a larger one.
     """
     t_start = time.perf_counter()
-    for name, value in (("n", n), ("seed", seed), ("blackbox_n", blackbox_n)):
+    for name, value in (("n", n), ("seed", seed), ("blackbox_n", blackbox_n), ("theft_seeds", theft_seeds)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
             raise invalid(name, value, f"an integer >= {0 if name == 'seed' else 1}")
     if fail_under is not None and (
@@ -125,6 +132,7 @@ def run_audit(
     black = resolve_blackbox(blackbox)
     budgets = resolve_budgets(query_budgets)
     l2_eps = _l2_eps(blackbox_l2_eps, bounds)
+    theft_name = th.resolve_theft(theft)
     if train_ds is None and test_ds is None:
         train_ds, test_ds = default_split(seed=0)
     if test_ds is None:
@@ -159,6 +167,9 @@ def run_audit(
             },
             "counting": bb.COUNTING,
         },
+        theft=None
+        if theft_name is None
+        else th.theft_config(theft_name, min(theft_seeds, len(test_ds)), ref, grid, bounds),
     )
     out = Path(out_dir) if out_dir is not None else None
     recorded = open_run_folder(out, config, overwrite=overwrite) if out is not None else None
@@ -170,7 +181,7 @@ def run_audit(
     model_reused = False
 
     with _progress(progress) as bar:
-        steps = len(linf) * len(grid) + len(minimal) + len(black) * len(budgets)
+        steps = len(linf) * len(grid) + len(minimal) + len(black) * len(budgets) + (theft_name is not None)
         task = bar.add_task("audit", total=steps + (model is None) + 1)
         if oracle is None:
             saved = recorded.metrics.get("model") if recorded is not None else None
@@ -220,6 +231,12 @@ def run_audit(
                 run, bcheck, budgets, threat, config["blackbox"]["n"], on_step=lambda: bar.advance(task)
             )
             timings[f"bb_{bcheck.key}_s"] = time.perf_counter() - t0
+        stolen = None
+        if config["theft"] is not None:
+            t0 = time.perf_counter()
+            stolen = th.theft_section(run, test_ds, config["theft"])
+            timings["theft_s"] = time.perf_counter() - t0
+            bar.advance(task)
 
         bar.update(task, description="report")
         t0 = time.perf_counter()
@@ -249,10 +266,16 @@ def run_audit(
                 linf_labels={c.key: c.label for c in linf},
                 main=main.key if main else None,
                 blackbox=black_box,
+                theft=stolen,
             ),
             citations={
                 **{c.label: attack_citation(ATTACKS.get(c.attack)) for c in checks},
                 **{c.label: attack_citation(ATTACKS.get(c.attack)) for c in black},
+                **(
+                    {stolen["label"]: attack_citation(THEFTS.get(stolen["config"]["attack"]))}
+                    if stolen
+                    else {}
+                ),
             },
             timings=timings,
             environment=collect_environment(),
@@ -266,6 +289,7 @@ def run_audit(
             },
             arrays=run.arrays,
             blackbox=black_box,
+            theft=stolen,
         )
         if fail_under is not None:
             acc = reference["robust_accuracy"]

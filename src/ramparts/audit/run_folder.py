@@ -73,6 +73,7 @@ def run_config(
     input_numel: int,
     identity: Mapping[str, Any],
     blackbox: Mapping[str, Any] | None = None,
+    theft: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run's configuration (config.json): everything its measurements depend on."""
     width = bounds[1] - bounds[0]
@@ -92,6 +93,7 @@ def run_config(
         },
         "counting": COUNTING,
         "blackbox": dict(blackbox) if blackbox else None,
+        "theft": dict(theft) if theft else None,
         "identity": dict(identity),
     }
 

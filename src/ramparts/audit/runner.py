@@ -54,6 +54,7 @@ class AuditRun:
         pick = torch.randperm(len(test_ds), generator=torch.Generator().manual_seed(seed))[
             : min(n, len(test_ds))
         ]
+        self.pick = pick
         self.x = test_ds.x[pick].to(oracle.device)
         self.y = test_ds.y[pick].to(oracle.device)
         with oracle.evaluating():
@@ -67,6 +68,7 @@ class AuditRun:
         self.eps_broken: dict[str, torch.Tensor] = {}
         self.minimal: dict[str, dict[str, Any]] = {}
         self.blackbox: dict[str, dict[str, Any]] = {}
+        self.theft: dict[str, Any] | None = None
         self.arrays: dict[str, np.ndarray] = {
             "x": self.x.cpu().numpy(),
             "y": self.y.cpu().numpy(),
@@ -298,6 +300,7 @@ class AuditRun:
                 **self.minimal,
             },
             "blackbox": {**{k: v for k, v in recorded_bb.items() if k in pending_bb}, **self.blackbox},
+            "theft": self.theft if "theft" in self.started else metrics.get("theft"),
         }
         arrays = {**{k: v for k, v in self.recorded.arrays.items() if k in names}, **self.arrays}
         write_metrics(self.out, record, arrays)

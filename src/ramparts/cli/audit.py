@@ -19,6 +19,8 @@ from ramparts.audit import (
     DEFAULT_N,
     DEFAULT_QUERY_BUDGETS,
     DEFAULT_REFERENCE_EPS,
+    DEFAULT_THEFT,
+    DEFAULT_THEFT_SEEDS,
     blackbox_names,
     check_names,
 )
@@ -95,6 +97,15 @@ def audit_command(
         str,
         typer.Option(help="L2 budget of the black-box section's L2 attacks (linf ones use --reference-eps)."),
     ] = DEFAULT_BLACKBOX_L2_EPS,
+    theft: Annotated[
+        str,
+        typer.Option(
+            help="Theft section: the label-only attack that copies the model (jacobian); 'none' to skip it."
+        ),
+    ] = DEFAULT_THEFT,
+    theft_seeds: Annotated[
+        int, typer.Option(min=1, help="Held-out test images the theft section's attacker starts from.")
+    ] = DEFAULT_THEFT_SEEDS,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print report.json on stdout, nothing else.")
     ] = False,
@@ -128,6 +139,8 @@ def audit_command(
             query_budgets=query_budgets,
             blackbox_n=blackbox_n,
             blackbox_l2_eps=blackbox_l2_eps,
+            theft=theft,
+            theft_seeds=theft_seeds,
         )
     except RunFolderMismatchError as exc:
         raise RunFolderMismatchError(

@@ -10,7 +10,7 @@ from ramparts.report import plots
 
 def evasion_figures(report: Mapping[str, Any], examples: Sequence[plots.Example] = ()) -> dict[str, bytes]:
     """`robustness` (curves), `examples` (panel), `hist_<check>` (minimum-norm distances), `blackbox`
-    (success against the query budget): PNG bytes."""
+    (success against the query budget), `theft` (the copy's fidelity against the labels used): PNG bytes."""
     figures: dict[str, bytes] = {}
     evasion = report.get("evasion", {})
     findings = evasion.get("findings", [])
@@ -44,6 +44,11 @@ def evasion_figures(report: Mapping[str, Any], examples: Sequence[plots.Example]
             if s.get("white_box")
         }
         figures["blackbox"] = plots.success_vs_queries(curves_bb, references=refs)
+    theft = report.get("theft")
+    if theft and theft.get("curve"):
+        figures["theft"] = plots.fidelity_vs_queries(
+            [(q, f) for q, f in theft["curve"]], accuracy=theft.get("accuracy")
+        )
     for key, stats in evasion.get("minimum_norm", {}).items():
         if stats.get("distances"):
             figures[f"hist_{key}"] = plots.distance_histogram(

@@ -215,3 +215,41 @@ def success_vs_queries(
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return to_png(fig)
+
+
+def fidelity_vs_queries(
+    curve: Sequence[tuple[float, float]], *, accuracy: float | None = None, label: str = "substitute"
+) -> bytes:
+    """The stolen copy's fidelity (%, agreement with the model) against the labels the attacker used."""
+    fig = Figure(figsize=(6.0, 3.4))
+    ax = fig.add_subplot()
+    pts = sorted((float(q), float(f)) for q, f in curve)
+    ax.plot(
+        [q for q, _ in pts],
+        [100 * f for _, f in pts],
+        marker="o",
+        markersize=4,
+        lw=1.6,
+        color=_COLORS[0],
+        label=f"{label}: fidelity",
+    )
+    if accuracy is not None and pts:
+        ax.plot(
+            [pts[-1][0]],
+            [100 * accuracy],
+            marker="s",
+            ls="none",
+            color=_COLORS[1 % len(_COLORS)],
+            label=f"final accuracy {100 * accuracy:.1f}%",
+        )
+    if pts:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([q for q, _ in pts], [f"{q:,.0f}" for q, _ in pts])
+        ax.minorticks_off()
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("labels queried (log scale)")
+    ax.set_ylabel("agreement with the model (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return to_png(fig)

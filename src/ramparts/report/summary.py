@@ -42,6 +42,7 @@ def headlines(
     linf_labels: Mapping[str, str],
     main: str | None,
     blackbox: Mapping[str, Any] | None = None,
+    theft: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The summary sentences: clean accuracy, the main attack at the reference eps, where accuracy
     halves and collapses, and the minimum-norm attacks' median distance.
@@ -87,7 +88,33 @@ def headlines(
             lines.append(f"{stats['label']} found no adversarial example for {stats['attacked']} images.")
     if blackbox and (line := blackbox_headline(blackbox)):
         lines.append(line)
+    if theft:
+        lines.append(theft_headline(theft))
     return lines
+
+
+def theft_headline(section: Mapping[str, Any]) -> str:
+    """One sentence: the labels the attacker used, the copy's fidelity, and what the attack crafted on the
+    copy does to the model at each eps, against random noise of the same size."""
+    rows = section.get("transfer") or []
+    attack = str(section.get("config", {}).get("transfer_attack", "fgsm")).upper()
+    text = (
+        f"A label-only attacker with {section['queries']:,} queries copies the model at "
+        f"{_whole_pct(section['fidelity'])} fidelity"
+    )
+    if rows:
+        rates = [f"{_whole_pct(r['oracle_error'])} at eps={r['eps_label']}" for r in rows]
+        rates[0] = rates[0].replace(" at ", " of the time at ", 1)
+        noise = " and ".join(_whole_pct(r.get("noise_error")) for r in rows)
+        text += (
+            f"; {attack} examples crafted on the copy fool the model {' and '.join(rates)} "
+            f"(random noise of the same size: {noise})"
+        )
+    return text + "."
+
+
+def _whole_pct(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * float(value):.0f}%"
 
 
 def blackbox_headline(blackbox: Mapping[str, Any]) -> str | None:

@@ -149,7 +149,7 @@ def test_interrupted_run_resumes_from_last_round(
     with pytest.raises(RuntimeError, match="interrupted"):
         JacobianAugmentation(**params)(digits_model.oracle, seeds, held, seed=3, run_dir=run_dir)
     state = json.loads((run_dir / "jacobian_state.json").read_text())
-    assert state["round"] == 1
+    assert state["step"] == 1
     assert state["queries"] == 100
     with np.load(run_dir / state["arrays"], allow_pickle=False) as data:
         assert data["x"].shape == (100, 1, 8, 8)

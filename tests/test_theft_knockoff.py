@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,3 +133,75 @@ def test_label_only_target_refused(digits_model: Trained, held_out: Dataset) -> 
         KnockoffNets(budget=10)(oracle, ds.x[:20], held_out)
     result = KnockoffNetsLabels(budget=20, arch="mlp", epochs=1)(oracle, ds.x[:20], held_out)
     assert result.queries == 20
+
+
+@pytest.mark.parametrize(
+    ("cls", "extra"),
+    [
+        (KnockoffNets, {"strategy": "random"}),
+        (KnockoffNets, {"strategy": "adaptive", "reward": "diversity"}),
+        (KnockoffNetsLabels, {"strategy": "adaptive", "reward": "loss"}),
+    ],
+)
+def test_interrupted_run_resumes_to_the_same_result(
+    cls: type[KnockoffNets],
+    extra: dict[str, Any],
+    digits_model: Trained,
+    held_out: Dataset,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    noise = torch.rand(600, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    kw: dict[str, Any] = {"arch": "mlp", "epochs": 2, "budget": 300, "n_groups": 4, "step_size": 16, **extra}
+    rows = [0]
+    hook = digits_model.model.register_forward_hook(
+        lambda m, args, out: rows.__setitem__(0, rows[0] + len(out))
+    )
+    try:
+        whole = cls(**kw)(digits_model.oracle, noise, held_out, seed=7)
+        rows_whole, rows[0] = rows[0], 0
+        resumed = _interrupt_and_resume(cls, kw, digits_model, noise, held_out, tmp_path, monkeypatch, rows)
+    finally:
+        hook.remove()
+    assert rows[0] == rows_whole - 150, "the resumed run asks only for the last phase's 150 images"
+    assert resumed.queries == whole.queries == 300
+    assert resumed.curve == whole.curve
+    for a, b in zip(resumed.substitute.parameters(), whole.substitute.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValidationError, match="run_dir"):
+        cls(**{**kw, "budget": 200})(
+            digits_model.oracle, noise, held_out, seed=7, run_dir=tmp_path / "knockoff"
+        )
+
+
+def _interrupt_and_resume(
+    cls: type[KnockoffNets],
+    kw: dict[str, Any],
+    digits_model: Trained,
+    noise: Tensor,
+    held_out: Dataset,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rows: list[int],
+) -> Any:
+    """Run until phase 2's training raises, check the folder holds phase 1, then resume (rows counted
+    from the resume on)."""
+
+    fit = KnockoffNets._fit
+
+    def crash_in_phase_2(self: KnockoffNets, *args: Any, **kwargs: Any) -> None:
+        if args[-1] == 2:
+            raise RuntimeError("interrupted")
+        fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(KnockoffNets, "_fit", crash_in_phase_2)
+    run_dir = tmp_path / "knockoff"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        cls(**kw)(digits_model.oracle, noise, held_out, seed=7, run_dir=run_dir)
+    state = json.loads((run_dir / "knockoff_state.json").read_text())
+    assert state["step"] == 1
+    assert state["queries"] == 150
+    monkeypatch.setattr(KnockoffNets, "_fit", fit)
+
+    rows[0] = 0
+    return cls(**kw)(digits_model.oracle, noise, held_out, seed=7, run_dir=run_dir)

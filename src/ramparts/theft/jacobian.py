@@ -19,22 +19,18 @@ the same configuration resumes after the last completed round with the query cou
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ramparts.data import Dataset
 from ramparts.errors import RampartsTypeError, invalid
 from ramparts.params import Interval
+from ramparts.theft import checkpoint
 from ramparts.theft.base import Predictor, TheftAttack, TheftContext, register
 from ramparts.training import TrainConfig, train
-from ramparts.zoo import ARCHITECTURES, build, load_weights, save_model
+from ramparts.zoo import ARCHITECTURES, build, load_weights
 
 __all__ = ["JacobianAugmentation", "default_substitute"]
 
@@ -129,21 +125,29 @@ class JacobianAugmentation(TheftAttack):
             )
         arch, config = self._substitute_spec(tuple(x_seed.shape[1:]), ctx.num_classes)
         base_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator, device=ctx.device))
-        identity = self._identity(ctx, arch, config, base_seed)
+        identity = checkpoint.identity(
+            _FORMAT, ctx, self.get_params(), arch=arch, arch_config=config, base_seed=base_seed
+        )
 
         model = self._build(arch, config, base_seed)
         start = 0
         x_lab: Tensor
         y_lab: Tensor
-        restored = _load_state(ctx.run_dir, identity) if ctx.run_dir is not None else None
+        restored = None
+        if ctx.run_dir is not None:
+            restored = checkpoint.load_step(ctx.run_dir, _STATE, identity)
+            if restored is not None and not restored.queries == len(restored.arrays["x"]) == len(
+                restored.arrays["y"]
+            ):
+                raise checkpoint.inconsistent(ctx.run_dir, _STATE)
         if restored is not None:
-            start, x_lab, y_lab, weights, curve, queries, exhausted = restored
-            load_weights(model, weights)
+            x_lab, y_lab = restored.arrays["x"].to(ctx.device), restored.arrays["y"].to(ctx.device)
+            start = restored.step + 1
+            load_weights(model, restored.weights)
             model.to(ctx.device).eval()
-            x_lab, y_lab = x_lab.to(ctx.device), y_lab.to(ctx.device)
-            ctx.restore_queries(queries)
-            ctx.curve[:] = curve
-            ctx.budget_exhausted = exhausted
+            ctx.restore_queries(restored.queries)
+            ctx.curve[:] = restored.curve
+            ctx.budget_exhausted = restored.budget_exhausted
         else:
             x_lab = x_seed
             y_lab = ctx.ask_labels(x_seed)
@@ -164,7 +168,8 @@ class JacobianAugmentation(TheftAttack):
             self._train(model, x_lab, y_lab, ctx, base_seed + rho)
             ctx.record(model)
             if ctx.run_dir is not None:
-                _save_state(ctx.run_dir, ctx, identity, rho, model, arch, config, x_lab, y_lab)
+                arrays = {"x": x_lab, "y": y_lab}
+                checkpoint.save_step(ctx.run_dir, _STATE, identity, rho, ctx, model, arch, config, arrays)
         model.eval()
         return model, model
 
@@ -232,26 +237,6 @@ class JacobianAugmentation(TheftAttack):
             x, y = x[pick], y[pick]
         return (x + self.step(k) * jacobian_sign(model, x, y)).clamp(lo, hi).detach()
 
-    def _identity(
-        self, ctx: TheftContext, arch: str, config: dict[str, Any], base_seed: int
-    ) -> dict[str, Any]:
-        digest = hashlib.sha256(ctx.seed_x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-        params = self.get_params()
-        identity = {
-            "format": _FORMAT,
-            "params": params,
-            "arch": arch,
-            "arch_config": config,
-            "seed_sha256": digest,
-            "seed_shape": list(ctx.seed_x.shape),
-            "base_seed": base_seed,
-            "num_classes": ctx.num_classes,
-            "budget": ctx.remaining(),
-            "device": ctx.device.type,
-        }
-        # Through JSON once, so that tuples compare equal to the lists read back from the folder.
-        return dict(json.loads(json.dumps(identity, sort_keys=True)))
-
 
 def jacobian_sign(model: nn.Module, x: Tensor, y: Tensor, batch: int = 512) -> Tensor:
     """sign(d logit_y(x) / dx) per row, in batches; the model stays in eval mode."""
@@ -263,77 +248,3 @@ def jacobian_sign(model: nn.Module, x: Tensor, y: Tensor, batch: int = 512) -> T
         (grad,) = torch.autograd.grad(logit, xg)
         out.append(grad.sign())
     return torch.cat(out) if out else torch.empty_like(x)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _save_state(
-    folder: Path,
-    ctx: TheftContext,
-    identity: dict[str, Any],
-    rho: int,
-    model: nn.Module,
-    arch: str,
-    config: dict[str, Any],
-    x: Tensor,
-    y: Tensor,
-) -> None:
-    """Arrays and weights of round `rho` under round-named files, then the JSON that points at them
-    (written last, atomically: it marks the round complete); older rounds' files are removed after."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = f"round-{rho:03d}"
-    arrays = folder / f"labelled-{stem}.npz"
-    tmp = folder / f"labelled-{stem}.tmp.npz"
-    np.savez(tmp, x=x.detach().cpu().numpy(), y=y.detach().cpu().numpy())
-    os.replace(tmp, arrays)
-    weights = save_model(model, folder / f"substitute-{stem}", arch=arch, config=config)
-    state = {
-        **identity,
-        "round": rho,
-        "queries": ctx.queries,
-        "curve": [list(p) for p in ctx.curve],
-        "budget_exhausted": ctx.budget_exhausted,
-        "weights": weights.name,
-        "arrays": arrays.name,
-    }
-    _write_json(folder / _STATE, state)
-    for old in folder.glob("*-round-*"):
-        if stem not in old.name:
-            old.unlink(missing_ok=True)
-
-
-def _load_state(
-    folder: Path, identity: dict[str, Any]
-) -> tuple[int, Tensor, Tensor, Path, list[tuple[int, float]], int, bool] | None:
-    """(next round, x, y, weights file, curve, queries, budget exhausted) of the last completed round,
-    or None when the folder holds none."""
-    file = folder / _STATE
-    if not file.is_file():
-        return None
-    try:
-        state = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise invalid(
-            "run_dir", str(folder), f"a readable {_STATE}", f"delete it to start afresh ({exc})"
-        ) from exc
-    differ = sorted(k for k, v in identity.items() if state.get(k) != v)
-    if differ:
-        raise invalid(
-            "run_dir",
-            str(folder),
-            f"a new folder or one holding this same theft, but its {_STATE} differs in {', '.join(differ)}",
-            "pass another run_dir, or delete the folder to start afresh",
-        )
-    with np.load(folder / state["arrays"], allow_pickle=False) as data:
-        x = torch.from_numpy(np.array(data["x"]))
-        y = torch.from_numpy(np.array(data["y"]))
-    curve = [(int(q), float(f)) for q, f in state["curve"]]
-    queries = int(state["queries"])
-    if queries != len(x) or len(y) != len(x):
-        raise invalid("run_dir", str(folder), f"{_STATE} consistent with its arrays", "delete the folder")
-    exhausted = bool(state.get("budget_exhausted", False))
-    return int(state["round"]) + 1, x, y, folder / state["weights"], curve, queries, exhausted

@@ -16,7 +16,10 @@ theft's `seed_data`) and train a substitute on its answers.
 One query is one image sent. The substitute (a zoo architecture) is trained after each fraction of the
 budget in `record_at` (continuing from the previous phase, on everything bought so far), and the base's
 fidelity is recorded after each phase: the fidelity-against-queries curve. The `loss` reward uses the
-substitute of the last completed phase (random at the start).
+substitute of the last completed phase (random at the start). With `run_dir`, each completed phase is
+saved (`ramparts.theft.checkpoint`: the images bought and the answers, the substitute, the bandit's
+preferences and baseline, the random generator's state) and a new call of the same configuration resumes
+after it, with the query count restored, to the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -33,14 +36,16 @@ from ramparts.data import Dataset
 from ramparts.errors import RampartsTypeError, invalid
 from ramparts.oracles.base import Knowledge
 from ramparts.params import Interval, Options
+from ramparts.theft import checkpoint
 from ramparts.theft.base import Predictor, TheftAttack, TheftContext, register
 from ramparts.training import TrainConfig, train
-from ramparts.zoo import ARCHITECTURES, build
+from ramparts.zoo import ARCHITECTURES, build, load_weights
 
 __all__ = ["KnockoffNets", "KnockoffNetsLabels", "adapt_images"]
 
 STRATEGIES = ("random", "adaptive")
 REWARDS = ("certainty", "diversity", "loss")
+_STATE = "knockoff_state.json"
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
 
 
@@ -143,14 +148,33 @@ class KnockoffNets(TheftAttack):
         if left is not None and left < budget:
             budget, ctx.budget_exhausted = left, True
         stops = sorted({max(1, min(budget, math.ceil(f * budget))) for f in fractions} | {budget})
-        model = self._substitute(ctx)
+        config = self._substitute_config(ctx)
+        ident = checkpoint.identity(
+            f"ramparts-{self.name}-theft", ctx, self._identity_params(), arch_config=config, stops=stops
+        )
+        model = self._substitute(ctx, config)
         groups = self._group_ids(ctx) if self.strategy == "adaptive" else None
         bandit = _Bandit(groups, ctx, self.bandit_lr, reward) if groups is not None else None
         order = torch.randperm(n_pool, generator=ctx.generator, device=ctx.device)
         chosen: list[Tensor] = []
         outputs: list[Tensor] = []
-        sent = 0
+        sent, start = 0, 0
+        if ctx.run_dir is not None and (done := checkpoint.load_step(ctx.run_dir, _STATE, ident)):
+            chosen, outputs = [done.arrays["idx"].to(ctx.device)], [done.arrays["outputs"].to(ctx.device)]
+            sent, start = len(chosen[0]), done.step + 1
+            if not done.queries == sent == len(outputs[0]) or (bandit is not None) != ("h" in done.arrays):
+                raise checkpoint.inconsistent(ctx.run_dir, _STATE)
+            load_weights(model, done.weights)
+            model.to(ctx.device).eval()
+            ctx.generator.set_state(done.arrays["generator"])
+            if bandit is not None:
+                bandit.restore(done.arrays, done.extra)
+            ctx.restore_queries(done.queries)
+            ctx.curve[:] = done.curve
+            ctx.budget_exhausted = done.budget_exhausted
         for phase, stop in enumerate(stops):
+            if phase < start:
+                continue
             while sent < stop:
                 if bandit is None:
                     idx = order[sent:stop]
@@ -162,9 +186,26 @@ class KnockoffNets(TheftAttack):
                 chosen.append(idx)
                 outputs.append(y)
                 sent += len(idx)
-            self._fit(model, ctx, torch.cat(chosen), torch.cat(outputs), phase)
+            chosen, outputs = [torch.cat(chosen)], [torch.cat(outputs)]
+            self._fit(model, ctx, chosen[0], outputs[0], phase)
             ctx.record(model)
+            if ctx.run_dir is not None:
+                arrays = {"idx": chosen[0], "outputs": outputs[0], "generator": ctx.generator.get_state()}
+                extra: dict[str, Any] = {}
+                if bandit is not None:
+                    arrays_b, extra = bandit.state()
+                    arrays.update(arrays_b)
+                checkpoint.save_step(
+                    ctx.run_dir, _STATE, ident, phase, ctx, model, self.arch, config, arrays, extra
+                )
         return model, model
+
+    def _identity_params(self) -> dict[str, Any]:
+        """The parameters a resumed run must share (the groups by digest)."""
+        params = self.get_params()
+        if params["groups"] is not None:
+            params["groups"] = checkpoint.tensor_sha256(torch.as_tensor(params["groups"]))
+        return params
 
     def _fractions(self) -> tuple[float, ...]:
         fr = self.record_at
@@ -199,12 +240,15 @@ class KnockoffNets(TheftAttack):
             return ctx.ask_log_probs(x).exp()
         return F.one_hot(ctx.ask_labels(x), ctx.num_classes).float()
 
-    def _substitute(self, ctx: TheftContext) -> nn.Module:
+    def _substitute_config(self, ctx: TheftContext) -> dict[str, Any]:
         c, h, w = ctx.seed_x.shape[1:]
         if h != w:
             raise invalid("seed_data", tuple(ctx.seed_x.shape[1:]), "square images (the zoo's input_size)")
-        config = {"in_channels": int(c), "input_size": int(h), "num_classes": ctx.num_classes}
+        config: dict[str, Any] = {"in_channels": int(c), "input_size": int(h), "num_classes": ctx.num_classes}
         config.update(self.arch_config or {})
+        return config
+
+    def _substitute(self, ctx: TheftContext, config: dict[str, Any]) -> nn.Module:
         init_seed = int(torch.randint(2**31 - 1, (1,), generator=ctx.generator, device=ctx.device))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
@@ -299,3 +343,28 @@ class _Bandit:
         step = self.lr * (r - self.baseline)
         self.h -= step * self.pi
         self.h[self.last] += step
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """(arrays, JSON scalars) that `restore` reads back; the pools are rebuilt from the generator."""
+        recent = list(self.recent)
+        arrays = {
+            "h": self.h,
+            "pi": self.pi,
+            "recent": torch.cat(recent) if recent else self.h.new_zeros(0, 0),
+            "recent_sizes": torch.tensor([len(r) for r in recent], dtype=torch.int64),
+        }
+        extra = {"used": self.used, "baseline": self.baseline, "steps": self.steps, "last": self.last}
+        return arrays, extra
+
+    def restore(self, arrays: dict[str, Tensor], extra: dict[str, Any]) -> None:
+        device = self.h.device
+        self.h, self.pi = arrays["h"].to(device), arrays["pi"].to(device)
+        sizes = [int(n) for n in arrays["recent_sizes"]]
+        self.recent.clear()
+        self.recent.extend(arrays["recent"].to(device).split(sizes) if sizes else [])
+        self.used = [int(u) for u in extra["used"]]
+        self.baseline, self.steps, self.last = (
+            float(extra["baseline"]),
+            int(extra["steps"]),
+            int(extra["last"]),
+        )

@@ -11,6 +11,7 @@ Everything is seeded (`--seed`); results go to `--json`. See docs/theft.md for t
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from ramparts.defenses.prada import Prada
 from ramparts.oracles import SklearnOracle, TorchOracle
 from ramparts.theft import THEFTS
 from ramparts.theft.transfer import transfer_attack
+from ramparts.training import TrainConfig, train
 
 
 def parse() -> argparse.Namespace:
@@ -53,6 +55,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help="attack an ensemble: the substitute plus K-1 copies trained afresh on its labelled set (no new queries)",
+    )
     p.add_argument("--heldout", type=int, default=0, help="held-out images after the seeds (0: the rest)")
     p.add_argument("--transfer-n", type=int, default=1000, help="held-out images attacked")
     p.add_argument("--eps", default="0.1,0.2,0.3")
@@ -108,7 +116,7 @@ def papernot(args: argparse.Namespace, device: torch.device, out: dict[str, Any]
             res = theft(oracle, seeds, held, seed=args.seed, run_dir=run_dir)
         # The labelled set of the last round, in the order the theft queried it (seeds, then each round's
         # augmentations): the query stream PRADA sees.
-        npz = sorted(Path(run_dir).glob("labelled-round-*.npz"))[-1]
+        npz = sorted(Path(run_dir).glob("arrays-step-*.npz"))[-1]
         with np.load(npz) as d:
             stream_x, stream_y = torch.from_numpy(d["x"]), torch.from_numpy(d["y"])
     row: dict[str, Any] = {
@@ -130,6 +138,9 @@ def papernot(args: argparse.Namespace, device: torch.device, out: dict[str, Any]
         flush=True,
     )
     sub = res.substitute.to(device).eval()
+    if args.ensemble > 1:
+        sub = ensemble(sub, stream_x, stream_y, args, device)
+        row["ensemble"] = args.ensemble
     xt, yt = held.x[: args.transfer_n].to(device), held.y[: args.transfer_n].to(device)
     eps = [float(e) for e in args.eps.split(",")]
     transfers = []
@@ -151,6 +162,39 @@ def papernot(args: argparse.Namespace, device: torch.device, out: dict[str, Any]
     row["transfer"] = transfers
     row["transfer_n"] = len(xt)
     return {"result": row, "stream": (stream_x, stream_y)}
+
+
+class Ensemble(torch.nn.Module):
+    """Mean of the members' log-probabilities (Liu et al. 2017 attack ensembles of models this way)."""
+
+    def __init__(self, members: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).log_softmax(1) for m in self.members]).mean(0)
+
+
+def ensemble(
+    sub: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, device: torch.device
+) -> torch.nn.Module:
+    """The substitute plus `args.ensemble - 1` copies of its architecture, each initialised with another
+    seed and trained on the theft's final labelled set (the same labels: no extra queries)."""
+    data = rdata.Dataset(x, y, tuple(str(k) for k in range(10)), "labelled")
+    members = [sub]
+    for k in range(1, args.ensemble):
+        member = copy.deepcopy(sub)
+        torch.manual_seed(args.seed + 1000 * k)
+        for module in member.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        epochs = args.epochs * args.rounds  # the substitute saw about this many epochs over its rounds
+        cfg = TrainConfig(
+            epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed + k, device=str(device)
+        )
+        train(member, data, config=cfg, progress=False)
+        members.append(member.eval())
+    return Ensemble(members).to(device).eval()
 
 
 def tramer(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Membership inference (dataset theft): was this record in the model's training set?"""

@@ -1,0 +1,1 @@
+"""Dataset protection: differentially private training, and (later) encrypted inference."""

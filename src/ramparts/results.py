@@ -115,3 +115,35 @@ class TheftResult:
             "budget_exhausted": self.budget_exhausted,
             **self.extra,
         }
+
+
+@dataclass(frozen=True)
+class MembershipResult:
+    """The outcome of one membership-inference attack on a set of records.
+
+    `scores`: one per record, higher = more likely a member (label 1). `metrics` (when the true
+    membership was given): AUC, balanced accuracy, TPR at low FPRs with bootstrap intervals, the ROC.
+    `queries`: queries to the target model (per record, summed).
+    """
+
+    attack: str
+    config: dict[str, Any]
+    seed: int
+    scores: Tensor
+    members: Tensor | None
+    metrics: dict[str, Any] | None
+    queries: int
+    elapsed_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "attack": self.attack,
+            "config": self.config,
+            "seed": self.seed,
+            "n": len(self.scores),
+            "queries": self.queries,
+            "metrics": self.metrics,
+            "elapsed_s": self.elapsed_s,
+            **self.extra,
+        }

@@ -4,6 +4,10 @@ Later features extend :func:`train` through ``loss_hook(model, x, y) -> loss`` (
 is computed) instead of copying the loop. The whole dataset is moved to the device once; batches are
 index slices, with no numpy in the loop.
 
+Differential privacy: ``TrainConfig(dp=DPConfig(...))`` trains with DP-SGD (Abadi et al. 2016) through
+Opacus (:mod:`ramparts.protection.dp`): Poisson-sampled batches of expected size ``batch_size``,
+per-sample clipping and Gaussian noise; the report carries the spent epsilon.
+
 Determinism: shuffling uses a ``torch.Generator`` seeded with ``config.seed``, and the global RNG
 (dropout, random starts in a hook) is seeded with ``config.seed`` inside a forked RNG scope, so the
 caller's RNG is untouched. Initialising the weights (``torch.manual_seed`` before building the model)
@@ -18,6 +22,7 @@ import math
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +37,7 @@ from torch import nn
 
 from ramparts.data import Dataset
 from ramparts.errors import RampartsTypeError, invalid, unknown
+from ramparts.protection.dp import DPConfig, PrivacySpent, PrivateRun, make_private, prepare_module
 from ramparts.zoo import load_weights, save_weights
 
 __all__ = [
@@ -60,7 +66,11 @@ _RESUMABLE_CHANGES = frozenset({"epochs", "device"})
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of :func:`train`; ``momentum`` is for SGD only; ``device="auto"`` prefers CUDA."""
+    """Hyperparameters of :func:`train`; ``momentum`` is for SGD only; ``device="auto"`` prefers CUDA.
+
+    ``dp``: train with DP-SGD through Opacus (see :class:`~ramparts.protection.dp.DPConfig`, or its
+    ``to_dict()``); None trains without privacy.
+    """
 
     epochs: int = 10
     batch_size: int = 128
@@ -70,6 +80,7 @@ class TrainConfig:
     momentum: float = 0.9
     seed: int = 0
     device: str = "auto"
+    dp: DPConfig | None = None
 
     def __post_init__(self) -> None:
         for name, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
@@ -93,6 +104,10 @@ class TrainConfig:
                 torch.device(self.device)
             except (RuntimeError, TypeError) as exc:
                 raise invalid("device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+        if isinstance(self.dp, dict):  # as to_dict() writes it, so TrainConfig(**c.to_dict()) round-trips
+            object.__setattr__(self, "dp", DPConfig(**self.dp))
+        if self.dp is not None and not isinstance(self.dp, DPConfig):
+            raise invalid("dp", self.dp, "None or a ramparts.protection.dp.DPConfig", cls=RampartsTypeError)
 
     def resolve_device(self) -> torch.device:
         """The device to train on: ``device``, or CUDA when available for ``"auto"``."""
@@ -107,22 +122,31 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EpochStats:
-    """What one epoch measured; accuracies are in eval mode on clean inputs, ``val_acc`` None without val."""
+    """What one epoch measured; accuracies are in eval mode on clean inputs, ``val_acc`` None without val.
+
+    ``epsilon``: the privacy spent up to the end of this epoch (DP runs), else None.
+    """
 
     epoch: int
     train_loss: float
     train_acc: float
     val_acc: float | None
     seconds: float
+    epsilon: float | None = None
 
 
 @dataclass
 class TrainReport:
-    """Per-epoch history of a :func:`train` run; ``resumed_from``: the checkpoint epoch it resumed, or 0."""
+    """Per-epoch history of a :func:`train` run; ``resumed_from``: the checkpoint epoch it resumed, or 0.
+
+    ``privacy``: for DP runs, the spent epsilon (Opacus' accountant), delta, noise multiplier, clipping
+    norm, sample rate and steps of the whole run (resumed epochs included); None otherwise.
+    """
 
     config: TrainConfig
     history: list[EpochStats] = field(default_factory=list)
     resumed_from: int = 0
+    privacy: PrivacySpent | None = None
 
     @property
     def train_loss(self) -> list[float]:
@@ -145,7 +169,7 @@ class TrainReport:
         return [e.seconds for e in self.history]
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready summary: config, final metrics and the per-epoch history."""
+        """JSON-ready summary: config, final metrics, privacy spent (None without DP) and the history."""
         last = self.history[-1] if self.history else None
         return {
             "config": self.config.to_dict(),
@@ -155,6 +179,7 @@ class TrainReport:
             "final_train_acc": last.train_acc if last else None,
             "final_val_acc": last.val_acc if last else None,
             "total_seconds": sum(self.seconds),
+            "privacy": self.privacy.to_dict() if self.privacy is not None else None,
             "history": [dataclasses.asdict(e) for e in self.history],
         }
 
@@ -193,12 +218,24 @@ def train(
     (default :func:`cross_entropy_loss`). ``soft_targets`` (N x K probabilities, one row per training
     input: a teacher's or an oracle's scores) are what the hook receives as ``y`` instead of the labels;
     the default cross-entropy accepts them as they are. Accuracy is still measured on ``train.y``.
+
+    With ``config.dp`` the run is DP-SGD through Opacus (Abadi et al. 2016): the model is checked (and,
+    with ``fix_modules``, fixed in place) by Opacus' ``ModuleValidator``, batches are Poisson-sampled,
+    and ``report.privacy`` holds the spent epsilon. Checkpoints also keep the accountant's history and
+    the noise generator, so a resumed run spends and reports exactly the same. ``soft_targets`` work
+    with DP; a custom ``loss_hook`` is refused (its loss need not be a per-sample mean of one forward
+    pass, which per-sample clipping assumes). The model is a plain ``nn.Module`` again on return.
     """
     config = config or TrainConfig()
     device = config.resolve_device()
     _check_inputs(model, train, val)
     model.to(device)
     _check_output(model, train, device)
+    if config.dp is not None:
+        _check_dp_hook(loss_hook)
+        replaced = prepare_module(model, config.dp)
+        if replaced:
+            logger.info("fix_modules: Opacus replaced %s for DP-SGD", ", ".join(replaced))
     hook = loss_hook or cross_entropy_loss
     x, y = train.x.to(device), train.y.to(device)
     targets = y if soft_targets is None else _check_soft_targets(soft_targets, train).to(device)
@@ -211,45 +248,91 @@ def train(
         if device.type == "cuda"
         else []
     )
+    private: PrivateRun | None = None
     with torch.random.fork_rng(devices=forked):
         _seed_global(config.seed, device)
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            report.resumed_from = _resume(folder, model, optimizer, shuffle, device, report)
-        steps_per_epoch = math.ceil(len(train) / config.batch_size)
-        with _progress_bar(progress) as bar:
-            task = bar.add_task(
-                "training",
-                total=steps_per_epoch * config.epochs,
-                completed=steps_per_epoch * report.resumed_from,
+        if config.dp is not None:
+            private = make_private(
+                model,
+                optimizer,
+                (x, targets, y),
+                dp=config.dp,
+                batch_size=config.batch_size,
+                epochs=config.epochs,
+                sampler=shuffle,
+                seed=config.seed,
             )
-            for epoch in range(report.resumed_from + 1, config.epochs + 1):
-                bar.update(task, description=f"epoch {epoch}/{config.epochs}")
-                start = time.perf_counter()
+        try:
+            _run_epochs(
+                model, x, y, targets, val, optimizer, shuffle, hook, private, folder, device, report, progress
+            )
+        finally:
+            if private is not None:
+                private.close()
+                report.privacy = private.spent()
+    model.eval()
+    return report
+
+
+def _run_epochs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    targets: torch.Tensor,
+    val: Dataset | None,
+    optimizer: torch.optim.Optimizer,
+    shuffle: torch.Generator,
+    hook: LossHook,
+    private: PrivateRun | None,
+    folder: Path | None,
+    device: torch.device,
+    report: TrainReport,
+    progress: bool,
+) -> None:
+    """The epochs of :func:`train` after its setup: resume, train, measure, checkpoint."""
+    config = report.config
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        report.resumed_from = _resume(folder, model, optimizer, shuffle, device, report, private)
+    steps_per_epoch = (
+        len(private.loader) if private is not None else math.ceil(x.shape[0] / config.batch_size)
+    )
+    with _progress_bar(progress) as bar:
+        task = bar.add_task(
+            "training",
+            total=steps_per_epoch * config.epochs,
+            completed=steps_per_epoch * report.resumed_from,
+        )
+        for epoch in range(report.resumed_from + 1, config.epochs + 1):
+            bar.update(task, description=f"epoch {epoch}/{config.epochs}")
+            start = time.perf_counter()
+            if private is None:
                 loss = _train_epoch(
                     model, x, targets, optimizer, shuffle, config.batch_size, hook, lambda: bar.advance(task)
                 )
-                stats = EpochStats(
-                    epoch=epoch,
-                    train_loss=loss,
-                    train_acc=_accuracy(model, x, y, 512),
-                    val_acc=evaluate(model, val, device=device) if val is not None else None,
-                    seconds=time.perf_counter() - start,
-                )
-                report.history.append(stats)
-                logger.info(
-                    "epoch %d/%d loss=%.4f train_acc=%.4f val_acc=%s (%.1fs)",
-                    epoch,
-                    config.epochs,
-                    stats.train_loss,
-                    stats.train_acc,
-                    "-" if stats.val_acc is None else f"{stats.val_acc:.4f}",
-                    stats.seconds,
-                )
-                if folder is not None:
-                    _save_checkpoint(folder, epoch, model, optimizer, shuffle, device, report)
-    model.eval()
-    return report
+            else:
+                loss = _train_epoch_private(private, hook, lambda: bar.advance(task))
+            stats = EpochStats(
+                epoch=epoch,
+                train_loss=loss,
+                train_acc=_accuracy(model, x, y, 512),
+                val_acc=evaluate(model, val, device=device) if val is not None else None,
+                seconds=time.perf_counter() - start,
+                epsilon=private.spent().epsilon if private is not None else None,
+            )
+            report.history.append(stats)
+            logger.info(
+                "epoch %d/%d loss=%.4f train_acc=%.4f val_acc=%s epsilon=%s (%.1fs)",
+                epoch,
+                config.epochs,
+                stats.train_loss,
+                stats.train_acc,
+                "-" if stats.val_acc is None else f"{stats.val_acc:.4f}",
+                "-" if stats.epsilon is None else f"{stats.epsilon:.3f}",
+                stats.seconds,
+            )
+            if folder is not None:
+                _save_checkpoint(folder, epoch, model, optimizer, shuffle, device, report, private)
 
 
 @torch.no_grad()
@@ -325,19 +408,59 @@ def _train_epoch(
     for i in range(0, n, batch_size):
         idx = order[i : i + batch_size]
         optimizer.zero_grad(set_to_none=True)
-        loss = hook(model, x[idx], y[idx])
-        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-            raise invalid(
-                "loss_hook", loss, "a scalar loss tensor", "return loss.mean()", cls=RampartsTypeError
-            )
+        loss = _checked_loss(hook(model, x[idx], y[idx]))
         loss.backward()
         optimizer.step()
         total += loss.detach() * idx.numel()
         on_step()
-    mean = float(total) / n
+    return _finite_mean(float(total) / n, optimizer)
+
+
+def _train_epoch_private(private: PrivateRun, hook: LossHook, on_step: Callable[[], None]) -> float:
+    """One DP-SGD epoch over Opacus' Poisson-sampled batches; returns the mean loss over the examples seen.
+
+    A Poisson batch may be empty: it still takes its (pure-noise) step, which the accountant counts.
+    """
+    private.module.train()
+    device = next(iter(private.optimizer.params)).device
+    total = torch.zeros((), device=device)
+    seen = 0
+    for xb, tb, _ in private.loader:
+        private.optimizer.zero_grad(set_to_none=True)
+        loss = _checked_loss(hook(private.module, xb, tb))
+        with warnings.catch_warnings():  # Opacus' hook on the first layer, whose input needs no gradient
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            loss.backward()
+        private.optimizer.step()
+        if xb.shape[0]:
+            total += loss.detach() * xb.shape[0]
+            seen += xb.shape[0]
+        on_step()
+    return _finite_mean(float(total) / max(seen, 1), private.optimizer)
+
+
+def _checked_loss(loss: object) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+        raise invalid("loss_hook", loss, "a scalar loss tensor", "return loss.mean()", cls=RampartsTypeError)
+    return loss
+
+
+def _finite_mean(mean: float, optimizer: torch.optim.Optimizer) -> float:
     if not math.isfinite(mean):
         raise invalid("lr", optimizer.param_groups[0]["lr"], "a learning rate at which the loss stays finite")
     return mean
+
+
+def _check_dp_hook(loss_hook: LossHook | None) -> None:
+    """DP-SGD clips per-sample gradients, so the loss must be a per-sample mean from one forward pass."""
+    if loss_hook is not None and loss_hook is not cross_entropy_loss:
+        raise invalid(
+            "loss_hook",
+            getattr(loss_hook, "__name__", type(loss_hook).__name__),
+            "None (the default cross-entropy) with dp: DP-SGD's per-sample clipping needs the mean of "
+            "per-sample losses from one forward pass, which a custom hook need not be",
+            "drop loss_hook (soft_targets work with dp), or train without dp",
+        )
 
 
 @torch.no_grad()
@@ -417,8 +540,12 @@ def _save_checkpoint(
     shuffle: torch.Generator,
     device: torch.device,
     report: TrainReport,
+    private: PrivateRun | None,
 ) -> None:
-    """Write this epoch's weights, then its state (the state file marks the checkpoint complete)."""
+    """Write this epoch's weights, then its state (the state file marks the checkpoint complete).
+
+    DP runs add the accountant's history and the noise generator's state (plain types and tensors).
+    """
     weights, state_file = _checkpoint_paths(folder, epoch)
     tmp = weights.with_name(weights.name + ".tmp")
     save_weights(model, tmp, {"epoch": str(epoch)})
@@ -430,6 +557,7 @@ def _save_checkpoint(
         "global_rng": _rng_state(device),
         "config": report.config.to_dict(),
         "history": [dataclasses.asdict(e) for e in report.history],
+        "dp": private.state_dict() if private is not None else None,
     }
     tmp = state_file.with_name(state_file.name + ".tmp")
     torch.save(state, tmp)
@@ -447,6 +575,7 @@ def _resume(
     shuffle: torch.Generator,
     device: torch.device,
     report: TrainReport,
+    private: PrivateRun | None,
 ) -> int:
     """Restore the latest complete checkpoint in ``folder``; returns its epoch (0 when there is none)."""
     done = sorted(
@@ -483,6 +612,8 @@ def _resume(
     torch.set_rng_state(state["global_rng"]["cpu"])
     if device.type == "cuda" and "cuda" in state["global_rng"]:
         torch.cuda.set_rng_state(state["global_rng"]["cuda"], device)
+    if private is not None:
+        private.load_state_dict(state["dp"])
     report.history = [EpochStats(**e) for e in state["history"]]
     logger.info("resumed from epoch %d checkpoint in %s", epoch, folder)
     return epoch

@@ -10,6 +10,7 @@ from ramparts.cli._common import EXIT_USAGE, err
 from ramparts.cli.attack import attack_command
 from ramparts.cli.audit import audit_command
 from ramparts.cli.env import env_command
+from ramparts.cli.membership import membership_command
 from ramparts.cli.steal import steal_command
 from ramparts.cli.train import train_command
 
@@ -24,6 +25,7 @@ app.command("audit")(audit_command)
 app.command("attack")(attack_command)
 app.command("train")(train_command)
 app.command("steal")(steal_command)
+app.command("membership")(membership_command)
 app.command("env")(env_command)
 
 

@@ -253,3 +253,34 @@ def fidelity_vs_queries(
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return to_png(fig)
+
+
+def roc_loglog(curves: Mapping[str, Sequence[Sequence[float]]], *, title: str | None = None) -> bytes:
+    """Membership ROC curves on log-log axes (Carlini et al. 2022): what matters is the low-FPR corner."""
+    fig = Figure(figsize=(5.2, 4.6))
+    ax = fig.add_subplot()
+    floor = 1e-5
+    for i, (label, points) in enumerate(curves.items()):
+        pts = np.asarray(points, dtype=float)
+        if pts.size == 0:
+            continue
+        ax.plot(
+            np.clip(pts[:, 0], floor, 1),
+            np.clip(pts[:, 1], floor, 1),
+            lw=1.6,
+            color=_COLORS[i % len(_COLORS)],
+            label=label,
+        )
+    ax.plot([floor, 1], [floor, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(floor, 1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return to_png(fig)

@@ -1,0 +1,65 @@
+"""`ramparts membership` end to end on a slice of the digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from ramparts.cli.main import app
+
+runner = CliRunner(env={"COLUMNS": "240", "NO_COLOR": "1"})
+FAST = [
+    "--records",
+    "600",
+    "--shadows",
+    "4",
+    "--epochs",
+    "5",
+    "--arch-config",
+    '{"hidden": [32]}',
+    "--device",
+    "cpu",
+]
+
+
+def test_membership_json_and_run_folder(tmp_path: Path) -> None:
+    args = [
+        "membership",
+        *FAST,
+        "--attacks",
+        "loss,lira:online=false+signal=hinge,rmia",
+        "--out",
+        str(tmp_path),
+    ]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert [r["label"] for r in summary["attacks"]] == ["loss", "lira:online=false+signal=hinge", "rmia"]
+    assert summary["attacks"][1]["config"]["online"] is False
+    assert summary["records"] + summary["population"] == 600
+    for row in summary["attacks"]:
+        assert 0.0 <= row["metrics"]["auc"] <= 1.0
+    assert (tmp_path / "roc.png").read_bytes().startswith(b"\x89PNG")
+    assert len(list((tmp_path / "models").glob("shadow-*.safetensors"))) == 5
+    again = runner.invoke(app, [*args, "--json"])  # the models are loaded back, the numbers equal
+    assert again.exit_code == 0, again.output
+    assert [r["metrics"] for r in json.loads(again.stdout)["attacks"]] == [
+        r["metrics"] for r in summary["attacks"]
+    ]
+
+
+def test_membership_table_and_user_errors() -> None:
+    table = runner.invoke(app, ["membership", *FAST, "--attacks", "loss,gap"])
+    assert table.exit_code == 0, table.output
+    assert "TPR@0.01" in table.output
+    assert "gap" in table.output
+    bad = runner.invoke(app, ["membership", *FAST, "--attacks", "lira,nope"])
+    assert bad.exit_code != 0
+    assert "nope" in bad.output
+    assert "rmia" in bad.output
+    assert "Traceback" not in bad.output
+    worse = runner.invoke(app, ["membership", *FAST, "--attacks", "lira:views=1"])
+    assert worse.exit_code != 0
+    assert "Traceback" not in worse.output

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch lies on this workplace's disk; elsewhere pip falls back to PyPI.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-all lint format bench clean
+.PHONY: demo test test-all test-ray lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
+
+test-ray: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -m ray
 
 test-all: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m ""

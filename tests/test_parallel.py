@@ -282,3 +282,19 @@ def test_second_connection_in_one_process_is_refused(cluster: RayExecutor) -> No
 
 def test_module_exports_the_documented_api() -> None:
     assert {"Executor", "InProcessExecutor", "RayExecutor", "executor_for"} <= set(parallel.__all__)
+
+
+@pytest.mark.ray
+def test_shadow_models_trained_on_ray_equal_in_process(cluster: RayExecutor, tmp_path: Path) -> None:
+    from ramparts.data import load_digits
+    from ramparts.privacy import ShadowRecipe, train_shadows
+
+    ds = load_digits().subset(range(300))
+    recipe = ShadowRecipe("mlp", {"hidden": [16]}, epochs=2, batch_size=64, lr=1e-3)
+    here = train_shadows(ds, 4, recipe, seed=3, chunk=1)
+    on_ray = train_shadows(ds, 4, recipe, seed=3, chunk=1, executor=cluster, run_dir=tmp_path)
+    assert torch.equal(here.masks, on_ray.masks)
+    for a, b in zip(here.states, on_ray.states, strict=True):
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
+    assert len(list(tmp_path.glob("shadow-*.safetensors"))) == 4, "each model saved as its task finished"

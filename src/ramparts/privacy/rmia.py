@@ -3,7 +3,8 @@ Inference Attacks", ICML 2024.
 
 The likelihood ratio of a record x against population records z: LR(x, z) = (p(x|target) / p(x)) /
 (p(z|target) / p(z)), where p(.|model) is the probability of the true label and p(.) its average over
-reference models. Score(x) = the fraction of population records z with LR(x, z) > gamma. Offline (OUT
+reference models. Score(x) = the fraction of population records z with LR(x, z) > gamma (ties broken by
+p(x|target) / p(x), which orders records the same way). Offline (OUT
 reference models only), p(x) = ((1 + a) * p_OUT(x) + (1 - a)) / 2 approximates the average over IN and
 OUT models (the paper's linear fit, `a` a per-dataset constant); online uses every reference model.
 Works with a single reference model.
@@ -68,7 +69,11 @@ class RMIA(MembershipAttack):
         ratio_z = p_z / self._marginal(ref_z, torch.ones_like(ref_z, dtype=torch.bool))
         # LR(x, z) > gamma  <=>  ratio_z < ratio_x / gamma: count with one sort instead of an N x M matrix.
         sorted_z = ratio_z.sort().values
-        return torch.searchsorted(sorted_z, ratio_x / self.gamma, side="left").float() / len(sorted_z)
+        count = torch.searchsorted(sorted_z, ratio_x / self.gamma, side="left").double()
+        # The count is a step function of ratio_x: records beyond every z all tie at M, which flattens the
+        # low-FPR end of the ROC. r / (1 + r) in (0, 1) breaks ties in the same order without changing it.
+        tie = (ratio_x / (1 + ratio_x)).double()
+        return (count + tie) / (len(sorted_z) + 1)
 
     def _marginal(self, ref: Tensor, out: Tensor) -> Tensor:
         """p(.) over the reference models: offline from the OUT ones with the `a` correction."""

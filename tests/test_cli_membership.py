@@ -63,3 +63,18 @@ def test_membership_table_and_user_errors() -> None:
     worse = runner.invoke(app, ["membership", *FAST, "--attacks", "lira:views=1"])
     assert worse.exit_code != 0
     assert "Traceback" not in worse.output
+
+
+def test_membership_dp_loop_writes_the_tradeoff(tmp_path: Path) -> None:
+    args = ["membership", *FAST, "--attacks", "lira,lira:online=false", "--dp-epsilons", "2,8"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["dp"]
+    assert [r["epsilon"] for r in rows] == [2.0, 8.0]
+    for row in rows:
+        assert 0 < row["spent_epsilon"] <= row["epsilon"] + 1e-6
+        assert 0.0 <= row["online"]["auc"] <= 1.0
+    assert (tmp_path / "dp.png").read_bytes().startswith(b"\x89PNG")
+    bad = runner.invoke(app, [*args[:-1], "0,x"])
+    assert bad.exit_code != 0
+    assert "--dp-epsilons" in bad.output

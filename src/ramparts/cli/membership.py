@@ -4,7 +4,8 @@ The experiment of Carlini et al. 2022: K + 1 models of the recipe train on rando
 model 0 is the target, the other K are the attacker's shadow models. Every record is scored by each
 attack and the scores are judged against the truth (members are label 1): AUC, balanced accuracy and
 TPR at low FPR with bootstrap intervals, and the ROC on log-log axes (`--out DIR/roc.png`). A tenth of
-the records is kept out of every model as RMIA's population.
+the records is kept out of every model as RMIA's population. `--dp-epsilons` adds the privacy audit loop:
+the target retrained with DP-SGD at each epsilon and attacked by LiRA (`DIR/dp.png`: TPR against epsilon).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from ramparts.data import load_dataset
 from ramparts.errors import invalid
 from ramparts.parallel import executor_for
 from ramparts.privacy import MEMBERSHIP, ShadowPool, ShadowRecipe, train_shadows
+from ramparts.privacy.dp_audit import dp_tradeoff
 from ramparts.privacy.metrics import DEFAULT_FPRS
-from ramparts.report.plots import roc_loglog
+from ramparts.report.plots import privacy_tradeoff, roc_loglog
 from ramparts.training import TrainConfig
 from ramparts.zoo import ARCHITECTURES, build
 
@@ -42,6 +44,22 @@ def parse_attacks(spec: str) -> list[tuple[str, str, dict[str, Any]]]:
         params = parse_params([p for p in rest.split("+") if p], cls, name) if rest else {}
         parsed.append((item, name.strip(), params))
     return parsed
+
+
+def _epsilons(spec: str | None) -> list[float]:
+    if spec is None or not spec.strip():
+        return []
+    try:
+        values = [float(v) for v in spec.split(",") if v.strip()]
+    except ValueError as exc:
+        raise invalid("--dp-epsilons", spec, "a comma list of positive numbers, e.g. 1,4,16") from exc
+    if not values or any(v <= 0 for v in values):
+        raise invalid("--dp-epsilons", spec, "a comma list of positive numbers, e.g. 1,4,16")
+    return values
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
 
 
 @user_errors
@@ -76,11 +94,18 @@ def membership_command(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Run folder: models (resumable), results.json, roc.png.")
     ] = None,
+    dp_epsilons: Annotated[
+        str | None,
+        typer.Option(
+            help="Also train the target with DP-SGD at each epsilon (e.g. 1,4,16) and attack it with LiRA."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Machine output only (JSON on stdout).")] = False,
 ) -> None:
     """Train a target and shadow models on random halves of the data and run membership attacks."""
     chosen = parse_attacks(attacks)
+    epsilons = _epsilons(dp_epsilons)
     try:
         config = json.loads(arch_config) if arch_config else {}
     except json.JSONDecodeError as exc:
@@ -128,7 +153,7 @@ def membership_command(
         rows.append({"label": label, **result.summary()})
     with torch.no_grad():
         correct = target(pool_data.x.to(dev)).argmax(1).cpu() == pool_data.y
-    summary = {
+    summary: dict[str, Any] = {
         "data": data,
         "records": len(pool_data),
         "population": len(population),
@@ -140,8 +165,24 @@ def membership_command(
         "target_test_accuracy": float(correct[~members].float().mean()),
         "attacks": rows,
     }
+    if epsilons:
+        if not json_out:
+            err.print(
+                f"[dim]Training DP-SGD targets at epsilon {', '.join(f'{e:g}' for e in epsilons)}...[/]"
+            )
+        # The lowest FPR the non-members can resolve: 0.1% from 1,000 of them, else 1%.
+        fpr = 0.001 if int((~members).sum()) >= 1000 else 0.01
+        summary["dp_fpr"] = fpr
+        summary["dp"] = dp_tradeoff(
+            pool_data, members, recipe, reference, epsilons, fpr=fpr, device=dev, seed=seed
+        )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if epsilons:
+            lira = {r["config"]["online"]: r["metrics"] for r in rows if r["attack"] == "lira"}
+            fpr = summary["dp_fpr"]
+            base = {("online" if k else "offline"): v[f"tpr@{fpr:g}"] or 0.0 for k, v in lira.items()}
+            (out_dir / "dp.png").write_bytes(privacy_tradeoff(summary["dp"], baseline=base, fpr=fpr))
         (out_dir / "roc.png").write_bytes(
             roc_loglog({r["label"]: r["metrics"]["roc"] for r in rows}, title=f"{arch} on {data}")
         )
@@ -166,5 +207,11 @@ def membership_command(
             f"{r['queries']:,}",
         )
     out.print(table)
+    for row in summary.get("dp", []):
+        out.print(
+            f"DP-SGD epsilon {row['epsilon']:g} (spent {row['spent_epsilon']:.2f}): test accuracy "
+            f"{row['test_accuracy']:.1%}; LiRA online AUC {row['online']['auc']:.3f}, TPR@{summary['dp_fpr']:g} "
+            f"{_pct(row['online']['tpr'])}; offline {_pct(row['offline']['tpr'])}"
+        )
     if out_dir is not None:
         out.print(f"ROC (log-log): {out_dir / 'roc.png'}; numbers: {out_dir / 'results.json'}")

@@ -13,6 +13,7 @@ import base64
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -282,5 +283,52 @@ def roc_loglog(curves: Mapping[str, Sequence[Sequence[float]]], *, title: str | 
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def privacy_tradeoff(
+    rows: Sequence[Mapping[str, Any]], *, baseline: Mapping[str, float] | None = None, fpr: float = 0.001
+) -> bytes:
+    """LiRA's TPR at `fpr` (left axis) and the target's test accuracy (right) against DP-SGD's epsilon."""
+    fig = Figure(figsize=(6.0, 3.6))
+    ax = fig.add_subplot()
+    eps = [float(r["epsilon"]) for r in rows]
+    for i, mode in enumerate(("online", "offline")):
+        pts = [
+            (e, 100 * float(r[mode]["tpr"]))
+            for e, r in zip(eps, rows, strict=True)
+            if r[mode]["tpr"] is not None
+        ]
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            marker="o",
+            lw=1.6,
+            color=_COLORS[i],
+            label=f"LiRA {mode}: TPR @ {fpr:g} FPR",
+        )
+        if baseline is not None and mode in baseline:
+            ax.axhline(100 * baseline[mode], ls="--", lw=1, color=_COLORS[i], label=f"{mode}, no DP")
+    ax.axhline(100 * fpr, ls=":", color="grey", lw=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_xticks(eps, [f"{e:g}" for e in eps])
+    ax.minorticks_off()
+    ax.set_xlabel("DP-SGD epsilon (log scale)")
+    ax.set_ylabel("true-positive rate (%)")
+    acc = ax.twinx()
+    acc.plot(
+        eps,
+        [100 * float(r["test_accuracy"]) for r in rows],
+        marker="s",
+        color=_COLORS[2],
+        lw=1.2,
+        label="test accuracy",
+    )
+    acc.set_ylabel("target test accuracy (%)")
+    lines = ax.get_legend_handles_labels()
+    more = acc.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return to_png(fig)

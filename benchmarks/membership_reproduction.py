@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 from ramparts import data as rdata
 from ramparts.privacy import MEMBERSHIP, ShadowPool, ShadowRecipe, train_shadows
+from ramparts.privacy.dp_audit import dp_tradeoff
 from ramparts.zoo import build
 
 
@@ -150,56 +151,22 @@ def main() -> None:
         )
     out["attacks"] = rows
     if args.dp:
-        out["dp"] = dp_loop(args, recipe, records, members, full, kw, views, device)
+        epsilons = [float(e) for e in args.dp.split(",") if e]
+        out["dp"] = dp_tradeoff(
+            records,
+            members,
+            recipe,
+            full,
+            epsilons,
+            max_grad_norm=args.dp_clip,
+            views=views,
+            device=device,
+            seed=args.seed,
+        )
+        for row in out["dp"]:
+            print(f"[dp] {row}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-
-
-def dp_loop(
-    args: argparse.Namespace,
-    recipe: ShadowRecipe,
-    records: Any,
-    members: torch.Tensor,
-    full: ShadowPool,
-    kw: dict[str, Any],
-    views: tuple[str, ...],
-    device: torch.device,
-) -> list[dict[str, Any]]:
-    """Targets trained with DP-SGD on the same members; LiRA (online and offline) against each."""
-    from ramparts.protection.dp import DPConfig
-    from ramparts.training import TrainConfig, train
-
-    rows = []
-    member_ds = records.subset(members.nonzero().flatten().tolist())
-    for eps in [float(e) for e in args.dp.split(",") if e]:
-        model = build(args.arch, **recipe.full_config(records))
-        cfg = TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            device=str(device),
-            dp=DPConfig(epsilon=eps, max_grad_norm=args.dp_clip),
-        )
-        t0 = time.perf_counter()
-        report = train(model, member_ds, config=cfg, progress=False)
-        model = model.to(device).eval()
-        with torch.no_grad():
-            pred = torch.cat([model(b.to(device)).argmax(1).cpu() for b in records.x.split(1024)])
-        row: dict[str, Any] = {
-            "epsilon": eps,
-            "spent_epsilon": report.privacy.epsilon if report.privacy is not None else None,
-            "train_s": time.perf_counter() - t0,
-            "test_accuracy": float((pred == records.y)[~members].float().mean()),
-            "train_accuracy": float((pred == records.y)[members].float().mean()),
-        }
-        for label, params in (("online", {"views": views}), ("offline", {"views": views, "online": False})):
-            res = MEMBERSHIP.get("lira")(**params)(model, records.x, records.y, shadows=full, **kw)
-            m = res.metrics or {}
-            row[label] = {k: m[k] for k in ("auc", "tpr@0.01", "tpr@0.001", "ci95")}
-        print(f"[dp] {row}", flush=True)
-        rows.append(row)
-    return rows
 
 
 if __name__ == "__main__":

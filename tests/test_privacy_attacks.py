@@ -70,6 +70,10 @@ def test_signals_are_stable_and_consistent() -> None:
     assert logit[0] == pytest.approx(30.0 - math.log(1 + math.exp(-5.0)), abs=1e-3)
     assert signal(lp, y, "hinge")[1] == pytest.approx(1.0, abs=1e-5)
     assert signal(lp, y, "loss")[1] == pytest.approx(float(-lp[1, 2]))
+    stacked = torch.stack([lp, lp.flip(1)])  # leading dimensions (models, views) are kept
+    assert torch.equal(
+        signal(stacked, y, "hinge"), torch.stack([signal(lp, y, "hinge"), signal(lp.flip(1), y, "hinge")])
+    )
     x = torch.arange(9.0).view(1, 1, 3, 3)
     views = augment(x, ["id", "mirror", "shift:1,0", "shift:0,-1"])
     assert views.shape == (4, 1, 1, 3, 3)

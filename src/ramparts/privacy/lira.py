@@ -58,8 +58,8 @@ class LiRA(MembershipAttack):
     def _scores(self, ctx: MembershipContext) -> Tensor:
         views = check_views(self.views)
         pool = ctx.require_shadows()
-        target = _phi(ctx.target_log_probs(views), ctx.y, self.signal)  # [V, N]
-        shadow = _phi(pool.log_probs(ctx.x, views, ctx.x.device), ctx.y, self.signal)  # [K, V, N]
+        target = signal(ctx.target_log_probs(views), ctx.y, self.signal)  # [V, N]
+        shadow = signal(pool.log_probs(ctx.x, views, ctx.x.device), ctx.y, self.signal)  # [K, V, N]
         inside = ctx.in_mask().to(shadow.device)[:, None, :].expand_as(shadow)  # [K, V, N]
         mu_out, sd_out = _gaussian(shadow, ~inside, self.global_variance)
         mu_in, sd_in = _gaussian(shadow, inside, self.global_variance)
@@ -70,13 +70,6 @@ class LiRA(MembershipAttack):
 
     def get_params(self) -> dict[str, Any]:
         return {**super().get_params(), "views": list(self.views)}
-
-
-def _phi(log_probs: Tensor, y: Tensor, kind: str) -> Tensor:
-    """The signal over the leading dimensions of [..., N, C]."""
-    lead = log_probs.shape[:-2]
-    flat = log_probs.reshape(-1, *log_probs.shape[-2:])
-    return torch.stack([signal(lp, y, kind) for lp in flat]).reshape(*lead, -1)
 
 
 def _gaussian(values: Tensor, mask: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:

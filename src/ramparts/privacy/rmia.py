@@ -20,7 +20,7 @@ from torch import Tensor
 from ramparts.errors import invalid
 from ramparts.params import Interval, Options
 from ramparts.privacy.base import MembershipAttack, MembershipContext, register
-from ramparts.privacy.signals import check_views
+from ramparts.privacy.signals import check_views, signal
 
 __all__ = ["RMIA"]
 
@@ -87,5 +87,4 @@ class RMIA(MembershipAttack):
 
 def _true_prob(log_probs: Tensor, y: Tensor) -> Tensor:
     """The true label's probability averaged over the views: [..., V, N, C] -> [..., N]."""
-    idx = y.view(*([1] * (log_probs.ndim - 2)), -1, 1).expand(*log_probs.shape[:-1], 1)
-    return log_probs.gather(-1, idx).squeeze(-1).exp().mean(-2)
+    return (-signal(log_probs, y, "loss")).exp().mean(-2)

@@ -26,16 +26,18 @@ SIGNALS: tuple[str, ...] = ("logit", "hinge", "loss")
 
 
 def signal(log_probs: Tensor, y: Tensor, kind: str = "logit") -> Tensor:
-    """The per-record statistic `kind` from class log-probabilities [N, C] and labels [N]."""
+    """The per-record statistic `kind` from class log-probabilities [..., N, C] and labels [N] -> [..., N]
+    (leading dimensions: models, views)."""
     if kind not in SIGNALS:
         raise invalid("signal", kind, f"one of {', '.join(SIGNALS)}")
-    true = log_probs.gather(1, y[:, None]).squeeze(1)
+    index = y[:, None].expand(*log_probs.shape[:-1], 1)
+    true = log_probs.gather(-1, index).squeeze(-1)
     if kind == "loss":
         return -true
-    others = log_probs.scatter(1, y[:, None], float("-inf"))
+    others = log_probs.scatter(-1, index, float("-inf"))
     if kind == "logit":
-        return true - torch.logsumexp(others, dim=1)
-    return true - others.max(dim=1).values
+        return true - torch.logsumexp(others, dim=-1)
+    return true - others.max(dim=-1).values
 
 
 def check_views(views: Sequence[str]) -> tuple[str, ...]:

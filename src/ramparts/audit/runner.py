@@ -68,7 +68,7 @@ class AuditRun:
         self.eps_broken: dict[str, torch.Tensor] = {}
         self.minimal: dict[str, dict[str, Any]] = {}
         self.blackbox: dict[str, dict[str, Any]] = {}
-        self.theft: dict[str, Any] | None = None
+        self.sections: dict[str, dict[str, Any]] = {}
         self.arrays: dict[str, np.ndarray] = {
             "x": self.x.cpu().numpy(),
             "y": self.y.cpu().numpy(),
@@ -272,6 +272,22 @@ class AuditRun:
             for row, i in enumerate(chosen)
         ]
 
+    def one_step(
+        self, key: str, config: dict[str, Any], measure: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """A section measured in one step (theft, membership): reused from metrics.json when it was recorded
+        with this `config`, else measured and recorded under `key` with its config."""
+        self.started.add(key)
+        recorded = self.recorded.metrics.get(key)
+        if isinstance(recorded, dict) and recorded.get("config") == config and "result" in recorded:
+            self.sections[key] = recorded
+            self.reused += 1
+            return recorded
+        section = {"config": config, **measure()}
+        self.sections[key] = section
+        self.write_metrics()
+        return section
+
     def write_metrics(self) -> None:
         """metrics.json (the curves, distances and model so far) and adv_examples.npz (the arrays so far),
         rewritten after each step: nothing measured is lost, and a resumed run reuses it.
@@ -300,10 +316,13 @@ class AuditRun:
                 **self.minimal,
             },
             "blackbox": {**{k: v for k, v in recorded_bb.items() if k in pending_bb}, **self.blackbox},
-            "theft": self.theft if "theft" in self.started else metrics.get("theft"),
+            **{k: self.sections.get(k) if k in self.started else metrics.get(k) for k in ONE_STEP},
         }
         arrays = {**{k: v for k, v in self.recorded.arrays.items() if k in names}, **self.arrays}
         write_metrics(self.out, record, arrays)
+
+
+ONE_STEP: tuple[str, ...] = ("theft", "membership")
 
 
 def _prefix(key: str) -> str:

@@ -89,12 +89,10 @@ def split(run: AuditRun, test_ds: Dataset, seeds: int) -> tuple[torch.Tensor, to
 
 def theft_section(run: AuditRun, test_ds: Dataset, config: dict[str, Any]) -> dict[str, Any]:
     """Run (or reuse) the theft and the transfer measurements; the section of metrics.json and report.json."""
-    run.started.add("theft")
-    recorded = run.recorded.metrics.get("theft")
-    if isinstance(recorded, dict) and recorded.get("config") == config and "result" in recorded:
-        run.theft = recorded
-        run.reused += 1
-        return recorded
+    return run.one_step("theft", config, lambda: _measure(run, test_ds, config))
+
+
+def _measure(run: AuditRun, test_ds: Dataset, config: dict[str, Any]) -> dict[str, Any]:
     seed_idx, evaluate = split(run, test_ds, config["seeds"])
     run.status(f"theft: {config['attack']} from {config['seeds']} seeds")
     x_eval, y_eval = run.x[evaluate], run.y[evaluate]
@@ -117,8 +115,7 @@ def theft_section(run: AuditRun, test_ds: Dataset, config: dict[str, Any]) -> di
     )
     for row in rows:
         row["eps_label"] = eps_label(row["eps"], bounds=run.bounds)
-    section = {
-        "config": config,
+    return {
         "label": "Jacobian-based substitute training",
         "n_eval": len(x_eval),
         "seed_index": seed_idx.tolist(),
@@ -130,6 +127,3 @@ def theft_section(run: AuditRun, test_ds: Dataset, config: dict[str, Any]) -> di
         "curve": summary["curve"],
         "transfer": rows,
     }
-    run.theft = section
-    run.write_metrics()
-    return section

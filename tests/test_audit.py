@@ -388,7 +388,8 @@ def test_default_model_is_reused_on_resume(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(ramparts.audit.run, "train_default_model", no_training)
     again = run_audit(out_dir=tmp_path / "b", **kwargs)
-    assert again.resumed == {"measurements_reused": 2, "measurements": 2, "model_reused": True}
+    assert again.resumed == {"measurements_reused": 3, "measurements": 3, "model_reused": True}
+    assert again.membership == first.membership, "the membership section is reused too"
     assert again.model == first.model
     _assert_same_run(tmp_path / "a", tmp_path / "b")
     with pytest.raises(RunFolderMismatchError, match=r"identity\.model"):
@@ -539,3 +540,43 @@ def test_resume_on_another_thread_count_is_refused(digits_model, held_out: Datas
             run_audit(digits_model.model, None, held_out, out_dir=tmp_path, **kwargs)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_membership_section_scores_training_records(tmp_path: Path) -> None:
+    kwargs: dict[str, Any] = {
+        "eps_grid": "0.3",
+        "attacks": "fgsm",
+        "n": 20,
+        "epochs": 2,
+        "reference_eps": 0.3,
+    }
+    report = run_audit(out_dir=tmp_path, theft="none", membership_shadows=4, **kwargs, **NO_BB)
+    section = report.membership
+    assert section is not None
+    assert section["config"]["shadows"] == 4
+    assert section["config"]["members"] == report.data["n_train"]
+    assert [r["label"] for r in section["attacks"]] == ["LOSS", "LiRA online", "LiRA offline"]
+    assert section["fpr"] == 0.01, "449 non-members cannot resolve 0.1%"
+    for row in section["attacks"]:
+        assert 0.0 <= row["tpr"] <= 1.0
+        assert 0.0 <= row["auc"] <= 1.0
+        assert row["queries"] >= section["config"]["members"] + section["config"]["non_members"]
+    assert any(line.startswith("Membership: ") for line in report.headlines)
+    assert "membership" in report.figures
+    html = (tmp_path / "report.html").read_text()
+    assert "Membership inference: does the model give its training records away?" in html
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["membership"]["attacks"][0]["auc"] == section["attacks"][0]["auc"]
+
+    skipped = run_audit(theft="none", membership_shadows=0, **kwargs, **NO_BB)
+    assert skipped.membership is None
+    assert skipped.config["membership"] is None
+
+
+def test_membership_needs_the_training_data(digits_model, held_out: Dataset) -> None:
+    report = run_audit(
+        digits_model.model, None, held_out, eps_grid=(0.1,), attacks="fgsm", n=20, theft="none", **NO_BB
+    )
+    assert report.membership is None, "a given model without its training data has no membership section"
+    with pytest.raises(ValidationError, match="membership_shadows"):
+        run_audit(digits_model.model, None, held_out, attacks="fgsm", n=20, membership_shadows=-1, **NO_BB)

@@ -18,7 +18,10 @@ A black-box section runs one score-based (Square, linf at the reference eps) and
 A theft section trains a label-only copy of the model (Jacobian-based augmentation, from held-out seeds)
 and transfers FGSM crafted on it: fidelity against queries and the transfer rate against noise.
 
-Modules: `checks` (the battery, the eps grid and the black-box checks), `blackbox` (the budget sweeps), `theft` (the theft section), `model` (the model under audit), `runner` (the
+A membership section (where the training data is known) scores the training and held-out records with
+LOSS and LiRA (shadow models of the audit's recipe): TPR at a low FPR, AUC, the log-log ROC.
+
+Modules: `checks` (the battery, the eps grid and the black-box checks), `blackbox` (the budget sweeps), `theft` (the theft section), `membership` (the membership section), `model` (the model under audit), `runner` (the
 per-check work), `run_folder` (the folder's files and resume rules), `report` (`AuditReport`), `run`
 (`run_audit`).
 """
@@ -41,6 +44,7 @@ from ramparts.audit.checks import (
     resolve_blackbox,
     resolve_checks,
 )
+from ramparts.audit.membership import DEFAULT_SHADOWS as DEFAULT_MEMBERSHIP_SHADOWS
 from ramparts.audit.model import DEFAULT_ARCH, DEFAULT_EPOCHS, default_split, train_default_model
 from ramparts.audit.report import AuditReport
 from ramparts.audit.run import run_audit
@@ -56,6 +60,7 @@ __all__ = [
     "DEFAULT_CHECKS",
     "DEFAULT_EPOCHS",
     "DEFAULT_EPS_GRID",
+    "DEFAULT_MEMBERSHIP_SHADOWS",
     "DEFAULT_N",
     "DEFAULT_QUERY_BUDGETS",
     "DEFAULT_REFERENCE_EPS",

@@ -20,8 +20,8 @@ from ramparts.training import TrainConfig, train
 DEFAULT_ARCH = "small_cnn"
 DEFAULT_EPOCHS = 10
 # The default model's training hyperparameters (besides epochs and seed).
-_TRAIN_LR = 2e-3
-_TRAIN_BATCH = 64
+TRAIN_LR = 2e-3
+TRAIN_BATCH = 64
 
 
 def default_split(ds: Dataset | None = None, *, seed: int = 0) -> tuple[Dataset, Dataset]:
@@ -45,7 +45,7 @@ def train_default_model(
     config = {"in_channels": c, "input_size": h, "num_classes": train_ds.num_classes}
     torch.manual_seed(seed)
     model = zoo.build(arch, **config)
-    train_config = TrainConfig(epochs=epochs, lr=_TRAIN_LR, batch_size=_TRAIN_BATCH, seed=seed)
+    train_config = TrainConfig(epochs=epochs, lr=TRAIN_LR, batch_size=TRAIN_BATCH, seed=seed)
     t0 = time.perf_counter()
     report = train(model, train_ds, config=train_config, val=test_ds, progress=progress)
     info: dict[str, Any] = {
@@ -117,8 +117,8 @@ def training_identity(train_ds: Dataset, *, epochs: int, seed: int) -> dict[str,
         "arch": DEFAULT_ARCH,
         "epochs": epochs,
         "seed": seed,
-        "lr": _TRAIN_LR,
-        "batch_size": _TRAIN_BATCH,
+        "lr": TRAIN_LR,
+        "batch_size": TRAIN_BATCH,
         "train_data_sha256": tensor_digest(train_ds.x, train_ds.y),
         **_compute(TrainConfig().resolve_device()),
     }

@@ -41,6 +41,7 @@ class AuditReport:
     resumed: dict[str, Any] | None = None
     blackbox: dict[str, Any] | None = None
     theft: dict[str, Any] | None = None
+    membership: dict[str, Any] | None = None
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)
 
@@ -87,6 +88,7 @@ class AuditReport:
             },
             "blackbox": self.blackbox,
             "theft": self.theft,
+            "membership": self.membership,
             "citations": self.citations,
             "timings": self.timings,
             "resumed": self.resumed,

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from ramparts.audit import blackbox as bb
+from ramparts.audit import membership as mi
 from ramparts.audit import theft as th
 from ramparts.audit.checks import (
     DEFAULT_BLACKBOX,
@@ -51,6 +52,7 @@ from ramparts.data import Dataset
 from ramparts.errors import invalid
 from ramparts.evasion import ATTACKS
 from ramparts.oracles import Knowledge, Oracle, TorchOracle
+from ramparts.privacy import MEMBERSHIP
 from ramparts.report.environment import collect_environment
 from ramparts.report.figures import evasion_figures
 from ramparts.report.html import write_html
@@ -97,6 +99,7 @@ def run_audit(
     blackbox_l2_eps: float | str = DEFAULT_BLACKBOX_L2_EPS,
     theft: str | None = th.DEFAULT_THEFT,
     theft_seeds: int = th.DEFAULT_THEFT_SEEDS,
+    membership_shadows: int = mi.DEFAULT_SHADOWS,
 ) -> AuditReport:
     """Audit `model` (default: train `small_cnn` on `train_ds`, default the digits) on `n` test images.
 
@@ -115,11 +118,14 @@ def run_audit(
     `theft`: the theft section's attack ("jacobian", label-only; None or "none": no section), started
     from `theft_seeds` held-out test images; the copy's fidelity and accuracy against the labels used, and
     FGSM crafted on it transferred to the model at the reference eps and a larger one.
+    `membership_shadows`: shadow models of the membership section (0: no section); it runs where the
+    training data is known (the default model, or `train_ds` given with `model`, taken as its training set).
     """
     t_start = time.perf_counter()
-    for name, value in (("n", n), ("seed", seed), ("blackbox_n", blackbox_n), ("theft_seeds", theft_seeds)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
-            raise invalid(name, value, f"an integer >= {0 if name == 'seed' else 1}")
+    counts = (("n", n, 1), ("seed", seed, 0), ("blackbox_n", blackbox_n, 1), ("theft_seeds", theft_seeds, 1))
+    for name, value, low in (*counts, ("membership_shadows", membership_shadows, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise invalid(name, value, f"an integer >= {low}")
     if fail_under is not None and (
         isinstance(fail_under, bool) or not isinstance(fail_under, int | float) or not 0 <= fail_under <= 1
     ):
@@ -170,6 +176,9 @@ def run_audit(
         theft=None
         if theft_name is None
         else th.theft_config(theft_name, min(theft_seeds, len(test_ds)), ref, grid, bounds),
+        membership=None
+        if membership_shadows == 0 or train_ds is None
+        else mi.membership_config(train_ds, test_ds, membership_shadows, epochs),
     )
     out = Path(out_dir) if out_dir is not None else None
     recorded = open_run_folder(out, config, overwrite=overwrite) if out is not None else None
@@ -181,7 +190,8 @@ def run_audit(
     model_reused = False
 
     with _progress(progress) as bar:
-        steps = len(linf) * len(grid) + len(minimal) + len(black) * len(budgets) + (theft_name is not None)
+        one_step = (config["theft"] is not None) + (config["membership"] is not None)
+        steps = len(linf) * len(grid) + len(minimal) + len(black) * len(budgets) + one_step
         task = bar.add_task("audit", total=steps + (model is None) + 1)
         if oracle is None:
             saved = recorded.metrics.get("model") if recorded is not None else None
@@ -237,6 +247,12 @@ def run_audit(
             stolen = th.theft_section(run, test_ds, config["theft"])
             timings["theft_s"] = time.perf_counter() - t0
             bar.advance(task)
+        leaks = None
+        if config["membership"] is not None and train_ds is not None:
+            t0 = time.perf_counter()
+            leaks = mi.membership_section(run, train_ds, test_ds, config["membership"])
+            timings["membership_s"] = time.perf_counter() - t0
+            bar.advance(task)
 
         bar.update(task, description="report")
         t0 = time.perf_counter()
@@ -267,6 +283,7 @@ def run_audit(
                 main=main.key if main else None,
                 blackbox=black_box,
                 theft=stolen,
+                membership=leaks,
             ),
             citations={
                 **{c.label: attack_citation(ATTACKS.get(c.attack)) for c in checks},
@@ -274,6 +291,11 @@ def run_audit(
                 **(
                     {stolen["label"]: attack_citation(THEFTS.get(stolen["config"]["attack"]))}
                     if stolen
+                    else {}
+                ),
+                **(
+                    {r["label"]: attack_citation(MEMBERSHIP.get(r["attack"])) for r in leaks["attacks"]}
+                    if leaks
                     else {}
                 ),
             },
@@ -290,6 +312,7 @@ def run_audit(
             arrays=run.arrays,
             blackbox=black_box,
             theft=stolen,
+            membership=leaks,
         )
         if fail_under is not None:
             acc = reference["robust_accuracy"]

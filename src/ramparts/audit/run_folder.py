@@ -74,6 +74,7 @@ def run_config(
     identity: Mapping[str, Any],
     blackbox: Mapping[str, Any] | None = None,
     theft: Mapping[str, Any] | None = None,
+    membership: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run's configuration (config.json): everything its measurements depend on."""
     width = bounds[1] - bounds[0]
@@ -94,6 +95,7 @@ def run_config(
         "counting": COUNTING,
         "blackbox": dict(blackbox) if blackbox else None,
         "theft": dict(theft) if theft else None,
+        "membership": dict(membership) if membership else None,
         "identity": dict(identity),
     }
 

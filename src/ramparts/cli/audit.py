@@ -16,6 +16,7 @@ from ramparts.audit import (
     DEFAULT_CHECKS,
     DEFAULT_EPOCHS,
     DEFAULT_EPS_GRID,
+    DEFAULT_MEMBERSHIP_SHADOWS,
     DEFAULT_N,
     DEFAULT_QUERY_BUDGETS,
     DEFAULT_REFERENCE_EPS,
@@ -106,6 +107,13 @@ def audit_command(
     theft_seeds: Annotated[
         int, typer.Option(min=1, help="Held-out test images the theft section's attacker starts from.")
     ] = DEFAULT_THEFT_SEEDS,
+    membership_shadows: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Shadow models of the membership section (0 skips it; it runs when the training data is known).",
+        ),
+    ] = DEFAULT_MEMBERSHIP_SHADOWS,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print report.json on stdout, nothing else.")
     ] = False,
@@ -141,6 +149,7 @@ def audit_command(
             blackbox_l2_eps=blackbox_l2_eps,
             theft=theft,
             theft_seeds=theft_seeds,
+            membership_shadows=membership_shadows,
         )
     except RunFolderMismatchError as exc:
         raise RunFolderMismatchError(

@@ -10,7 +10,8 @@ from ramparts.report import plots
 
 def evasion_figures(report: Mapping[str, Any], examples: Sequence[plots.Example] = ()) -> dict[str, bytes]:
     """`robustness` (curves), `examples` (panel), `hist_<check>` (minimum-norm distances), `blackbox`
-    (success against the query budget), `theft` (the copy's fidelity against the labels used): PNG bytes."""
+    (success against the query budget), `theft` (the copy's fidelity against the labels used),
+    `membership` (the membership attacks' ROC, log-log): PNG bytes."""
     figures: dict[str, bytes] = {}
     evasion = report.get("evasion", {})
     findings = evasion.get("findings", [])
@@ -49,6 +50,9 @@ def evasion_figures(report: Mapping[str, Any], examples: Sequence[plots.Example]
         figures["theft"] = plots.fidelity_vs_queries(
             [(q, f) for q, f in theft["curve"]], accuracy=theft.get("accuracy")
         )
+    membership = report.get("membership")
+    if membership and membership.get("attacks"):
+        figures["membership"] = plots.roc_loglog({r["label"]: r["roc"] for r in membership["attacks"]})
     for key, stats in evasion.get("minimum_norm", {}).items():
         if stats.get("distances"):
             figures[f"hist_{key}"] = plots.distance_histogram(

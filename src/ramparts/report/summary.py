@@ -43,6 +43,7 @@ def headlines(
     main: str | None,
     blackbox: Mapping[str, Any] | None = None,
     theft: Mapping[str, Any] | None = None,
+    membership: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The summary sentences: clean accuracy, the main attack at the reference eps, where accuracy
     halves and collapses, and the minimum-norm attacks' median distance.
@@ -90,7 +91,28 @@ def headlines(
         lines.append(line)
     if theft:
         lines.append(theft_headline(theft))
+    if membership:
+        lines.append(membership_headline(membership))
     return lines
+
+
+def membership_headline(section: Mapping[str, Any]) -> str:
+    """One sentence: the strongest attack's TPR at the section's FPR and AUC, and the shadow-free LOSS's."""
+    rows = section["attacks"]
+    fpr = float(section["fpr"])
+    best = max(rows, key=lambda r: (r["tpr"] or 0.0, r["auc"]))
+    text = (
+        f"Membership: {best['label']} identifies {_tpr(best['tpr'])} of the training records at "
+        f"{100 * fpr:g}% false positives (AUC {best['auc']:.2f})"
+    )
+    others = [r for r in rows if r is not best]
+    if others:
+        text += "; " + ", ".join(f"{r['label']}: {_tpr(r['tpr'])} (AUC {r['auc']:.2f})" for r in others)
+    return text + "."
+
+
+def _tpr(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * float(value):.1f}%"
 
 
 def theft_headline(section: Mapping[str, Any]) -> str:

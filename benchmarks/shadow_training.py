@@ -7,7 +7,8 @@ LiRA setup), for `--epochs` epochs of Adam, through `ramparts.privacy.batched.tr
 `batched=False` (the sequential reference) and `batched=True` (stacked parameters, functional_call +
 vmap). The floor is K times the time of one model's bare forward + backward passes over its half for
 the same epochs and batch size (no optimiser, no data gathering): what K separate models cannot avoid.
-Times are wall clock after a short warm-up, CUDA-synchronised at both ends, one run each. `max_abs_diff`
+Times are wall clock after a warm-up step at the same K, CUDA-synchronised at both ends, one run each.
+Both modes use Adam's fused kernel on CUDA (as `train_models` does). `max_abs_diff`
 is the largest weight difference between the two modes: float rounding only, but Adam turns a rounding
 difference in a near-zero gradient into a step of up to lr, so it can reach about lr x steps.
 
@@ -78,6 +79,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         times: dict[bool, float] = {}
         states: dict[bool, list[dict[str, Tensor]]] = {}
         for batched in (False, True):
+            # Warm-up at this K's shapes (grouped convolutions of K groups: cuDNN's first call is slow).
+            train_models(
+                args.arch, config, x, y, idx[:, : args.batch_size], seeds, epochs=1, batched=batched, **opts
+            )
             with timed(device) as t:
                 states[batched] = train_models(
                     args.arch, config, x, y, idx, seeds, epochs=args.epochs, batched=batched, **opts

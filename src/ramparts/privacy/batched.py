@@ -118,7 +118,7 @@ def _train_batched(
     params, buffers = stack_module_state(models)
     params = {name: p.detach().to(dev).requires_grad_() for name, p in params.items()}
     buffers = {name: b.to(dev) for name, b in buffers.items()}
-    optimizer = torch.optim.Adam(params.values(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.Adam(params.values(), lr=lr, weight_decay=weight_decay, fused=dev.type == "cuda")
 
     def logits(p: dict[str, Tensor], b: dict[str, Tensor], xb: Tensor) -> Tensor:
         return functional_call(template, (p, b), (xb,))
@@ -128,7 +128,6 @@ def _train_batched(
     for epoch in range(1, epochs + 1):
         orders = torch.stack([epoch_order(seed, epoch, m) for seed in seeds]).to(dev)
         rows = torch.gather(subsets, 1, orders)  # [K, M] indices into x, in this epoch's order
-        total = torch.zeros((), device=dev)
         for i in range(0, m, batch_size):
             idx = rows[:, i : i + batch_size]
             out = forward(params, buffers, x[idx])  # [K, B, classes]
@@ -137,13 +136,12 @@ def _train_batched(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.detach() * idx.shape[1]
-        _check_finite(total, lr)
+        _check_finite(loss, lr)
         if on_epoch is not None:
             on_epoch(epoch)
     keys = models[0].state_dict().keys()
-    stacked = {**params, **buffers}
-    return [{key: stacked[key][j].detach().cpu().contiguous() for key in keys} for j in range(k)]
+    stacked = {key: value.detach().cpu() for key, value in {**params, **buffers}.items()}  # one copy per tensor
+    return [{key: stacked[key][j].contiguous() for key in keys} for j in range(k)]
 
 
 def _train_sequential(
@@ -162,7 +160,10 @@ def _train_sequential(
 ) -> list[dict[str, Tensor]]:
     """The reference: each model in its own loop, with its own Adam, in training mode."""
     models = [model.to(dev).train() for model in models]
-    optimizers = [torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay) for model in models]
+    optimizers = [
+        torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=dev.type == "cuda")
+        for model in models
+    ]
     m = subsets.shape[1]
     forked = (
         [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
@@ -172,15 +173,13 @@ def _train_sequential(
             for model, optimizer, seed, subset in zip(models, optimizers, seeds, subsets, strict=True):
                 _seed_global(_mix(seed, epoch) ^ _DROPOUT_STREAM, dev)  # dropout, when the model has any
                 rows = subset[epoch_order(seed, epoch, m).to(dev)]
-                total = torch.zeros((), device=dev)
                 for i in range(0, m, batch_size):
                     idx = rows[i : i + batch_size]
                     loss = F.cross_entropy(model(x[idx]), y[idx])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    total += loss.detach() * idx.shape[0]
-                _check_finite(total, lr)
+                _check_finite(loss, lr)
             if on_epoch is not None:
                 on_epoch(epoch)
     return [{key: v.detach().cpu().contiguous() for key, v in model.state_dict().items()} for model in models]
@@ -194,9 +193,9 @@ def _seed_global(seed: int, dev: torch.device) -> None:
             torch.cuda.manual_seed(seed)
 
 
-def _check_finite(total: Tensor, lr: float) -> None:
-    """One host sync per epoch: stop when a loss diverged."""
-    if not bool(torch.isfinite(total)):
+def _check_finite(loss: Tensor, lr: float) -> None:
+    """One host sync per epoch, on the epoch's last loss: a diverged run has non-finite weights by then."""
+    if not bool(torch.isfinite(loss.detach())):
         raise invalid("lr", lr, "a learning rate at which the loss stays finite", "lower lr")
 
 

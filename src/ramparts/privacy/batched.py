@@ -140,7 +140,9 @@ def _train_batched(
         if on_epoch is not None:
             on_epoch(epoch)
     keys = models[0].state_dict().keys()
-    stacked = {key: value.detach().cpu() for key, value in {**params, **buffers}.items()}  # one copy per tensor
+    stacked = {
+        key: value.detach().cpu() for key, value in {**params, **buffers}.items()
+    }  # one copy per tensor
     return [{key: stacked[key][j].contiguous() for key in keys} for j in range(k)]
 
 

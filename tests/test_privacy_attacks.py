@@ -193,6 +193,10 @@ def test_bad_inputs_name_the_parameter(setup: dict[str, Any]) -> None:
         atk(setup["target"], ds.x, ds.y, members=torch.ones(3))
     with pytest.raises((ValidationError, TypeError), match="y"):
         atk(setup["target"], ds.x, ds.y.float())
+    with pytest.raises(ValidationError, match="pool_index"):
+        MEMBERSHIP.get("lira")()(
+            setup["target"], ds.x, ds.y, shadows=setup["shadows"], pool_index=torch.full((len(ds),), -1)
+        )
     with pytest.raises(ValidationError, match="fraction"):
         train_shadows(ds, 2, RECIPE, fraction=1.0)
     with pytest.raises(ValidationError, match="online"):

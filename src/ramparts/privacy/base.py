@@ -151,12 +151,14 @@ class MembershipAttack(HasParams):
         if shadows is None:
             pool_index = None  # no reference models: nothing to index
         elif pool_index is not None and (
-            pool_index.shape != (len(x),) or int(pool_index.max()) >= len(shadows.data)
+            pool_index.shape != (len(x),)
+            or pool_index.dtype != torch.int64
+            or not 0 <= int(pool_index.min()) <= int(pool_index.max()) < len(shadows.data)
         ):
             raise invalid(
                 "pool_index",
                 tuple(pool_index.shape),
-                f"one index into the shadows' {len(shadows.data)} records per record, shape ({len(x)},)",
+                f"one int64 index in [0, {len(shadows.data)}) into the shadows' records per record, shape ({len(x)},)",
             )
         oracle = as_oracle(target, tuple(x.shape[1:]))
         box = view_for(oracle, self.knowledge, len(x))
@@ -174,7 +176,7 @@ class MembershipAttack(HasParams):
                 self.knowledge,
             )
             t0 = time.perf_counter()
-            scores = self._scores(ctx).detach().float().cpu()
+            scores = self._scores(ctx).detach().double().cpu()  # RMIA's tie-breaks need the bits
             elapsed = time.perf_counter() - t0
         if scores.shape != (len(x),) or not bool(torch.isfinite(scores).all()):
             raise RuntimeError(

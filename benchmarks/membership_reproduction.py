@@ -40,6 +40,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--chunk", type=int, default=16)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--views", default="id,mirror", help="LiRA/RMIA query views")
     p.add_argument("--dp", default="", help="comma list of DP-SGD epsilons for the target (e.g. 1,4,16)")
     p.add_argument("--dp-clip", type=float, default=1.0)
@@ -79,7 +80,14 @@ def main() -> None:
     held = len(ds) // 10
     population, records = ds.subset(order[:held].tolist()), ds.subset(order[held:].tolist())
     config = json.loads(args.arch_config) if args.arch_config else {}
-    recipe = ShadowRecipe(args.arch, config, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    recipe = ShadowRecipe(
+        args.arch,
+        config,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        precision=args.precision,
+    )
     out: dict[str, Any] = {"args": vars(args), "machine": C.machine_info(device, peers=())}
     t0 = time.perf_counter()
     C.sync(device)

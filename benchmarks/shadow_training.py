@@ -46,7 +46,9 @@ def floor_seconds(
     with timed(device) as t:
         for _ in range(args.epochs):
             for i in range(0, x.shape[0], args.batch_size):
-                F.cross_entropy(model(x[i : i + args.batch_size]), y[i : i + args.batch_size]).backward()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                    logits = model(x[i : i + args.batch_size])
+                F.cross_entropy(logits.float(), y[i : i + args.batch_size]).backward()
     return t["s"]
 
 
@@ -64,7 +66,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = {"in_channels": x.shape[1], "input_size": x.shape[2], "num_classes": test.num_classes}
     half = args.n_train // 2
     gen = torch.Generator().manual_seed(args.seed)
-    opts: dict[str, Any] = {"batch_size": args.batch_size, "lr": args.lr, "device": device}
+    opts: dict[str, Any] = {
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "device": device,
+        "precision": args.precision,
+    }
 
     def subsets(k: int) -> Tensor:
         return torch.stack([torch.randperm(args.n_train, generator=gen)[:half] for _ in range(k)])
@@ -117,6 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "seed": args.seed,
+        "precision": args.precision,
     }
     return {"settings": settings, "machine": machine_info(device, peers=()), "rows": rows}
 
@@ -171,6 +179,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the subsets")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None, help="write the result here")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="both modes")
     p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune (both modes)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -35,6 +35,9 @@ _MASK64 = (1 << 64) - 1
 _DROPOUT_STREAM = 1 << 62  # keeps the dropout RNG of the sequential path apart from the shuffling seeds
 
 
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+
 def _mix(seed: int, epoch: int) -> int:
     return (seed * _GOLDEN + epoch) & _MASK64
 
@@ -59,13 +62,16 @@ def train_models(
     device: str | torch.device = "cpu",
     batched: bool = True,
     on_epoch: Callable[[int], None] | None = None,
+    precision: str = "fp32",
 ) -> list[dict[str, Tensor]]:
     """Train K models of ``arch``: model ``k`` on ``x[subsets[k]]``, initialised from ``seeds[k]``.
 
     Cross-entropy, Adam(``lr``, ``weight_decay``), ``epochs`` passes in batches of ``batch_size`` (the
     last partial batch kept). ``batched=True`` trains all K at once with ``torch.func`` (no BatchNorm, no
     dropout); ``batched=False`` trains them one after another. ``on_epoch(e)`` is called after epoch
-    ``e`` (1-based) of every model. Returns one CPU state dict per model, keys as the module's own.
+    ``e`` (1-based) of every model. ``precision="bf16"`` runs forward and backward under bfloat16
+    autocast (weights, loss and Adam stay float32): faster convolutions on a GPU, other rounding.
+    Returns one CPU state dict per model, keys as the module's own.
     """
     dev = _check_device(device)
     _check_inputs(x, y, subsets, seeds, epochs, batch_size, lr, weight_decay, batched, on_epoch)
@@ -73,6 +79,8 @@ def train_models(
         raise invalid(
             "arch_config", type(arch_config).__name__, "a dict of zoo keywords", cls=RampartsTypeError
         )
+    if precision not in PRECISIONS:
+        raise invalid("precision", precision, f"one of {', '.join(PRECISIONS)}")
     seeds = [int(s) for s in seeds]
     with torch.random.fork_rng(devices=[]):
         models = []
@@ -96,6 +104,7 @@ def train_models(
         lr=float(lr),
         weight_decay=float(weight_decay),
         on_epoch=on_epoch,
+        autocast=precision == "bf16",
     )
 
 
@@ -112,6 +121,7 @@ def _train_batched(
     lr: float,
     weight_decay: float,
     on_epoch: Callable[[int], None] | None,
+    autocast: bool,
 ) -> list[dict[str, Tensor]]:
     """All K models in one vmapped forward pass per step; one Adam over the stacked parameters."""
     template = copy.deepcopy(models[0]).to("meta").train()
@@ -130,8 +140,9 @@ def _train_batched(
         rows = torch.gather(subsets, 1, orders)  # [K, M] indices into x, in this epoch's order
         for i in range(0, m, batch_size):
             idx = rows[:, i : i + batch_size]
-            out = forward(params, buffers, x[idx])  # [K, B, classes]
-            per_model = F.cross_entropy(out.flatten(0, 1), y[idx].flatten(), reduction="none")
+            with _autocast(dev, autocast):
+                out = forward(params, buffers, x[idx])  # [K, B, classes]
+            per_model = F.cross_entropy(out.flatten(0, 1).float(), y[idx].flatten(), reduction="none")
             loss = per_model.view(k, -1).mean(dim=1).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -159,6 +170,7 @@ def _train_sequential(
     lr: float,
     weight_decay: float,
     on_epoch: Callable[[int], None] | None,
+    autocast: bool,
 ) -> list[dict[str, Tensor]]:
     """The reference: each model in its own loop, with its own Adam, in training mode."""
     models = [model.to(dev).train() for model in models]
@@ -177,7 +189,9 @@ def _train_sequential(
                 rows = subset[epoch_order(seed, epoch, m).to(dev)]
                 for i in range(0, m, batch_size):
                     idx = rows[i : i + batch_size]
-                    loss = F.cross_entropy(model(x[idx]), y[idx])
+                    with _autocast(dev, autocast):
+                        logits = model(x[idx])
+                    loss = F.cross_entropy(logits.float(), y[idx])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -185,6 +199,10 @@ def _train_sequential(
             if on_epoch is not None:
                 on_epoch(epoch)
     return [{key: v.detach().cpu().contiguous() for key, v in model.state_dict().items()} for model in models]
+
+
+def _autocast(dev: torch.device, enabled: bool) -> torch.autocast:
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def _seed_global(seed: int, dev: torch.device) -> None:

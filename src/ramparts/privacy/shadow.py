@@ -45,6 +45,7 @@ class ShadowRecipe:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
+    precision: str = "fp32"
 
     def full_config(self, data: Dataset) -> dict[str, Any]:
         c, h, _ = data.input_shape
@@ -176,6 +177,7 @@ def _train_chunk(task: _Chunk) -> list[dict[str, Tensor]]:
         weight_decay=r.weight_decay,
         device=task.device,
         batched=task.batched,
+        precision=r.precision,
     )
 
 

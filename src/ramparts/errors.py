@@ -45,6 +45,15 @@ def invalid(
     return cls(msg)
 
 
+def check_int(param: str, value: object, minimum: int) -> int:
+    """`value` if it is an integer (not a bool) >= `minimum`; a type error or a validation error naming `param`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(param, value, f"an integer >= {minimum}", cls=RampartsTypeError)
+    if value < minimum:
+        raise invalid(param, value, f"an integer >= {minimum}")
+    return value
+
+
 def unknown(param: str, given: Any, allowed: Iterable[str]) -> UnknownNameError:
     """Build an error for a name outside a registry, listing the names the registry holds."""
     names = sorted(allowed)

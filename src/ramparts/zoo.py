@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ramparts.errors import RampartsTypeError, ValidationError, invalid, unknown
+from ramparts.errors import ValidationError, check_int, invalid, unknown
 
 __all__ = [
     "ARCHITECTURES",
@@ -43,14 +43,6 @@ MODEL_FORMAT = "ramparts-model"
 MODEL_FORMAT_VERSION = 1
 
 
-def _check_int(param: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid(param, value, f"an integer >= {minimum}", cls=RampartsTypeError)
-    if value < minimum:
-        raise invalid(param, value, f"an integer >= {minimum}")
-    return value
-
-
 def _check_dropout(value: float) -> float:
     if not 0.0 <= value < 1.0:
         raise invalid("dropout", value, "a probability in [0, 1)")
@@ -58,9 +50,9 @@ def _check_dropout(value: float) -> float:
 
 
 def _check_io(in_channels: int, input_size: int, num_classes: int) -> None:
-    _check_int("in_channels", in_channels, 1)
-    _check_int("input_size", input_size, 1)
-    _check_int("num_classes", num_classes, 2)
+    check_int("in_channels", in_channels, 1)
+    check_int("input_size", input_size, 1)
+    check_int("num_classes", num_classes, 2)
 
 
 def _flat_features(features: nn.Module, in_channels: int, input_size: int, arch: str) -> int:
@@ -91,7 +83,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_channels * input_size * input_size
         for i, size in enumerate(hidden):
-            layers += [nn.Linear(width, _check_int(f"hidden[{i}]", size, 1)), nn.ReLU()]
+            layers += [nn.Linear(width, check_int(f"hidden[{i}]", size, 1)), nn.ReLU()]
             if dropout:
                 layers.append(nn.Dropout(dropout))
             width = size
@@ -189,7 +181,7 @@ class SmallCNN(nn.Module):
     ) -> None:
         super().__init__()
         _check_io(in_channels, input_size, num_classes)
-        w = _check_int("width", width, 1)
+        w = check_int("width", width, 1)
         dropout = _check_dropout(dropout)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, w, 3, padding=1),
@@ -206,7 +198,7 @@ class SmallCNN(nn.Module):
         )
         flat = _flat_features(self.features, in_channels, input_size, "small_cnn")
         self.classifier = nn.Sequential(
-            nn.Linear(flat, _check_int("hidden", hidden, 1)),
+            nn.Linear(flat, check_int("hidden", hidden, 1)),
             nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
@@ -249,7 +241,7 @@ class ResNet18(nn.Module):
     def __init__(self, *, in_channels: int, input_size: int, num_classes: int, width: int = 64) -> None:
         super().__init__()
         _check_io(in_channels, input_size, num_classes)
-        w = _check_int("width", width, 1)
+        w = check_int("width", width, 1)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, w, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()
         )

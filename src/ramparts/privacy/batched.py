@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ramparts import zoo
-from ramparts.errors import RampartsTypeError, invalid
+from ramparts.errors import RampartsTypeError, check_int, invalid
 
 __all__ = ["epoch_order", "train_models"]
 
@@ -226,14 +226,6 @@ def _check_device(device: str | torch.device) -> torch.device:
         raise invalid("device", device, "'cpu', 'cuda' or 'cuda:N'") from exc
 
 
-def _check_int(param: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid(param, value, f"an integer >= {minimum}", cls=RampartsTypeError)
-    if value < minimum:
-        raise invalid(param, value, f"an integer >= {minimum}")
-    return value
-
-
 def _check_number(param: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise invalid(param, value, "a finite number", cls=RampartsTypeError)
@@ -288,8 +280,8 @@ def _check_inputs(
     for i, seed in enumerate(seeds):
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise invalid(f"seeds[{i}]", seed, "an integer in [0, 2**63)")
-    _check_int("epochs", epochs, 1)
-    _check_int("batch_size", batch_size, 1)
+    check_int("epochs", epochs, 1)
+    check_int("batch_size", batch_size, 1)
     if _check_number("lr", lr) <= 0:
         raise invalid("lr", lr, "a learning rate > 0", "try 1e-3")
     if _check_number("weight_decay", weight_decay) < 0:

@@ -53,7 +53,7 @@ def test_membership_json_and_run_folder(tmp_path: Path) -> None:
 def test_membership_table_and_user_errors() -> None:
     table = runner.invoke(app, ["membership", *FAST, "--attacks", "loss,gap"])
     assert table.exit_code == 0, table.output
-    assert "TPR@0.01" in table.output
+    assert "TPR@1%" in table.output
     assert "gap" in table.output
     bad = runner.invoke(app, ["membership", *FAST, "--attacks", "lira,nope"])
     assert bad.exit_code != 0
@@ -78,3 +78,21 @@ def test_membership_dp_loop_writes_the_tradeoff(tmp_path: Path) -> None:
     bad = runner.invoke(app, [*args[:-1], "0,x"])
     assert bad.exit_code != 0
     assert "--dp-epsilons" in bad.output
+
+
+def test_membership_of_a_saved_model(tmp_path: Path) -> None:
+    trained = runner.invoke(
+        app, ["train", "--arch", "mlp", "--epochs", "3", "--out", str(tmp_path), "--json"]
+    )
+    assert trained.exit_code == 0, trained.output
+    args = ["membership", "--model", str(tmp_path), "--shadows", "4", "--epochs", "3", "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--attacks", "loss,lira:online=false", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["target"] == str(tmp_path)
+    assert summary["records"] == 1797, "members (the train split) and non-members (the test split)"
+    assert summary["recipe"]["arch"] == "mlp"
+    assert summary["target_train_accuracy"] > summary["target_test_accuracy"] - 0.05
+    for row in summary["attacks"]:
+        assert row["metrics"]["n_members"] == 1348
+        assert 0.0 <= row["metrics"]["auc"] <= 1.0

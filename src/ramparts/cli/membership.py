@@ -17,9 +17,10 @@ from typing import Annotated, Any
 import torch
 import typer
 from rich.table import Table
+from torch import nn
 
-from ramparts.cli._common import err, out, parse_params, print_json, user_errors
-from ramparts.data import load_dataset
+from ramparts.cli._common import ModelOption, err, load_splits, out, parse_params, print_json, user_errors
+from ramparts.data import Dataset, load_dataset
 from ramparts.errors import invalid
 from ramparts.parallel import executor_for
 from ramparts.privacy import MEMBERSHIP, ShadowPool, ShadowRecipe, train_shadows
@@ -27,7 +28,7 @@ from ramparts.privacy.dp_audit import dp_tradeoff
 from ramparts.privacy.metrics import DEFAULT_FPRS
 from ramparts.report.plots import privacy_tradeoff, roc_loglog
 from ramparts.training import TrainConfig
-from ramparts.zoo import ARCHITECTURES, build
+from ramparts.zoo import ARCHITECTURES, build, load_model
 
 DEFAULT_ATTACKS = "loss,gap,shokri,lira,lira:online=false,rmia,label_only"
 
@@ -65,11 +66,18 @@ def _pct(value: float | None) -> str:
 @user_errors
 def membership_command(
     data: Annotated[
-        str, typer.Option(help="Dataset spec (digits, mnist, cifar10, an .npz file...).")
-    ] = "digits",
+        str | None,
+        typer.Option(
+            help="Dataset spec (digits, mnist, cifar10, an .npz file...); default digits, or the model's."
+        ),
+    ] = None,
+    model: ModelOption = None,
     arch: Annotated[
-        str, typer.Option(help=f"Architecture of the target and shadows: {', '.join(ARCHITECTURES)}.")
-    ] = "mlp",
+        str | None,
+        typer.Option(
+            help=f"Architecture of the target and shadows: {', '.join(ARCHITECTURES)} (default mlp, or the model's)."
+        ),
+    ] = None,
     arch_config: Annotated[
         str | None, typer.Option(help='JSON config of the architecture, e.g. {"hidden": [128]}.')
     ] = None,
@@ -103,41 +111,75 @@ def membership_command(
     seed: Annotated[int, typer.Option(min=0)] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Machine output only (JSON on stdout).")] = False,
 ) -> None:
-    """Train a target and shadow models on random halves of the data and run membership attacks."""
+    """Run membership attacks: on a target trained here with shadow models on random halves of the data, or
+    on a saved `--model` whose training records are the dataset's train split (non-members: its test split)."""
     chosen = parse_attacks(attacks)
     epsilons = _epsilons(dp_epsilons)
     try:
-        config = json.loads(arch_config) if arch_config else {}
+        config = json.loads(arch_config) if arch_config else None
     except json.JSONDecodeError as exc:
         raise invalid("--arch-config", arch_config, "a JSON object", str(exc)) from exc
     dev = TrainConfig(device=device).resolve_device()
-    ds = load_dataset(data)
-    if records is not None:
-        ds = ds.subset(range(min(records, len(ds))))
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
-    held = max(1, len(ds) // 10)
-    population, pool_data = ds.subset(order[:held].tolist()), ds.subset(order[held:].tolist())
-    recipe = ShadowRecipe(arch, config, epochs=epochs, batch_size=batch_size, lr=lr)
     executor = executor_for(ray)
-    if not json_out:
-        err.print(
-            f"[dim]Training {shadows + 1} {arch} models on halves of {len(pool_data)} {data} records...[/]"
+    run_dir = out_dir / "models" if out_dir is not None else None
+    if model is None:
+        data = data or "digits"
+        arch, config = arch or "mlp", config or {}
+        recipe = ShadowRecipe(arch, config, epochs=epochs, batch_size=batch_size, lr=lr)
+        ds = load_dataset(data)
+        if records is not None:
+            ds = ds.subset(range(min(records, len(ds))))
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+        held = max(1, len(ds) // 10)
+        population, pool_data = ds.subset(order[:held].tolist()), ds.subset(order[held:].tolist())
+        if not json_out:
+            err.print(
+                f"[dim]Training {shadows + 1} {arch} models on halves of {len(pool_data)} {data} records...[/]"
+            )
+        trained = train_shadows(
+            pool_data,
+            shadows + 1,
+            recipe,
+            seed=seed,
+            device=dev,
+            executor=executor,
+            chunk=chunk,
+            run_dir=run_dir,
         )
-    models = train_shadows(
-        pool_data,
-        shadows + 1,
-        recipe,
-        seed=seed,
-        device=dev,
-        executor=executor,
-        chunk=chunk,
-        run_dir=out_dir / "models" if out_dir is not None else None,
-    )
-    target = build(arch, **recipe.full_config(pool_data))
-    target.load_state_dict(models.states[0])
+        target: nn.Module = build(arch, **recipe.full_config(pool_data))
+        target.load_state_dict(trained.states[0])
+        members = trained.masks[0]
+        reference = ShadowPool(pool_data, trained.masks[1:], recipe, trained.states[1:], seed)
+    else:
+        target, meta = load_model(model)
+        fixed = ("in_channels", "input_size", "num_classes")
+        arch = arch or str(meta["arch"])
+        config = (
+            config
+            if config is not None
+            else {k: v for k, v in meta.get("config", {}).items() if k not in fixed}
+        )
+        extra = meta.get("extra", {}) if isinstance(meta.get("extra"), dict) else {}
+        data = data or str(extra.get("dataset", "digits"))
+        recipe = ShadowRecipe(arch, config, epochs=epochs, batch_size=batch_size, lr=lr)
+        train_ds, test_ds = load_splits(data)
+        pool_data = Dataset(
+            torch.cat([train_ds.x, test_ds.x]), torch.cat([train_ds.y, test_ds.y]), train_ds.classes, data
+        )
+        members = torch.arange(len(pool_data)) < len(train_ds)
+        population = pool_data.subset(
+            torch.randperm(len(pool_data), generator=torch.Generator().manual_seed(seed))[
+                : len(pool_data) // 10
+            ]
+        )
+        if not json_out:
+            err.print(
+                f"[dim]Training {shadows} {arch} shadow models on halves of {len(pool_data)} {data} records...[/]"
+            )
+        reference = train_shadows(
+            pool_data, shadows, recipe, seed=seed, device=dev, executor=executor, chunk=chunk, run_dir=run_dir
+        )
     target = target.to(dev).eval()
-    members = models.masks[0]
-    reference = ShadowPool(pool_data, models.masks[1:], recipe, models.states[1:], seed)
     rows = []
     for label, name, params in chosen:
         result = MEMBERSHIP.get(name)(**params)(
@@ -157,6 +199,7 @@ def membership_command(
         "data": data,
         "records": len(pool_data),
         "population": len(population),
+        "target": str(model) if model is not None else "model 0 of the shadow training",
         "recipe": {"arch": arch, "arch_config": config, "epochs": epochs, "batch_size": batch_size, "lr": lr},
         "shadows": shadows,
         "seed": seed,
@@ -194,8 +237,9 @@ def membership_command(
         title=f"Membership inference: target {arch} (train {summary['target_train_accuracy']:.1%}, "
         f"test {summary['target_test_accuracy']:.1%}), {shadows} shadow models, {len(pool_data)} records"
     )
-    for column in ("attack", "AUC", "balanced acc.", *(f"TPR@{f:g}" for f in DEFAULT_FPRS), "queries"):
-        table.add_column(column, justify="right" if column != "attack" else "left")
+    table.add_column("attack", overflow="fold", min_width=12)
+    for column in ("AUC", "balanced acc.", *(f"TPR@{100 * f:g}%" for f in DEFAULT_FPRS), "queries"):
+        table.add_column(column, justify="right")
     for r in rows:
         m = r["metrics"]
         tprs = [m[f"tpr@{f:g}"] for f in DEFAULT_FPRS]

@@ -8,7 +8,9 @@ LiRA setup), for `--epochs` epochs of Adam, through `ramparts.privacy.batched.tr
 vmap). The floor is K times the time of one model's bare forward + backward passes over its half for
 the same epochs and batch size (no optimiser, no data gathering): what K separate models cannot avoid.
 Times are wall clock after a warm-up step at the same K, CUDA-synchronised at both ends, one run each.
-Both modes use Adam's fused kernel on CUDA (as `train_models` does). `max_abs_diff`
+Both modes use Adam's fused kernel on CUDA (as `train_models` does) and the same `--precision` and
+`--compile` (`torch.compile` of the forward pass, vmapped or not); `warmup_s` is the time of the warm-up
+calls before each timing (for `--compile` it holds the compilation, which the timed runs then reuse). `max_abs_diff`
 is the largest weight difference between the two modes: float rounding only, but Adam turns a rounding
 difference in a near-zero gradient into a step of up to lr, so it can reach about lr x steps.
 
@@ -71,25 +73,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "device": device,
         "precision": args.precision,
+        "compiled": args.compile,
     }
 
     def subsets(k: int) -> Tensor:
         return torch.stack([torch.randperm(args.n_train, generator=gen)[:half] for _ in range(k)])
 
-    for batched in (False, True):  # warm-up: allocator, kernels, vmap's first trace
-        train_models(args.arch, config, x, y, subsets(2), [0, 1], epochs=1, batched=batched, **opts)
+    first: dict[bool, float] = {}
+    for batched in (False, True):  # warm-up: allocator, kernels, vmap's first trace, compilation
+        with timed(device) as t:
+            train_models(args.arch, config, x, y, subsets(2), [0, 1], epochs=1, batched=batched, **opts)
+        first[batched] = t["s"]
     x_dev, y_dev = x[:half].to(device), y[:half].to(device)
     floor_one = floor_seconds(args.arch, config, x_dev, y_dev, args, device)
     rows = []
     for k in args.k:
         idx, seeds = subsets(k), list(range(k))
         times: dict[bool, float] = {}
+        warmups: dict[bool, float] = {}
         states: dict[bool, list[dict[str, Tensor]]] = {}
         for batched in (False, True):
-            # Warm-up at this K's shapes (grouped convolutions of K groups: cuDNN's first call is slow).
-            train_models(
-                args.arch, config, x, y, idx[:, : args.batch_size], seeds, epochs=1, batched=batched, **opts
-            )
+            # Warm-up at this K's shapes (grouped convolutions of K groups: cuDNN's first call is slow;
+            # a compiled forward compiles for the full and the last partial batch).
+            last = args.batch_size + half % args.batch_size
+            with timed(device) as t:
+                train_models(args.arch, config, x, y, idx[:, :last], seeds, epochs=1, batched=batched, **opts)
+            warmups[batched] = t["s"]
             with timed(device) as t:
                 states[batched] = train_models(
                     args.arch, config, x, y, idx, seeds, epochs=args.epochs, batched=batched, **opts
@@ -112,6 +121,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "speedup": times[False] / times[True],
                 "batched_over_floor": times[True] / floor,
                 "max_abs_diff": diff,
+                "sequential_warmup_s": warmups[False],
+                "batched_warmup_s": warmups[True],
             }
         )
     settings = {
@@ -125,6 +136,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "seed": args.seed,
         "precision": args.precision,
+        "compiled": args.compile,
+        "first_call_s": {"sequential": first[False], "batched": first[True]},
     }
     return {"settings": settings, "machine": machine_info(device, peers=()), "rows": rows}
 
@@ -140,6 +153,7 @@ def table(result: dict[str, Any]) -> str:
         "speed-up",
         "batched / floor",
         "max abs diff",
+        "warm-up s (seq / batched)",
     ]
     body = [
         [
@@ -152,13 +166,15 @@ def table(result: dict[str, Any]) -> str:
             fmt(r["speedup"], ".2f") + "x",
             fmt(r["batched_over_floor"], ".2f") + "x",
             fmt(r["max_abs_diff"], ".1e"),
+            f"{fmt(r['sequential_warmup_s'], '.1f')} / {fmt(r['batched_warmup_s'], '.1f')}",
         ]
         for r in result["rows"]
     ]
     s = result["settings"]
     title = (
         f"{s['arch']} on {s['images_per_model']} CIFAR-10 images per model, {s['epochs']} epoch(s), "
-        f"batch {s['batch_size']} -- {machine_label(result['machine'])}"
+        f"batch {s['batch_size']}, {s['precision']}{', compiled' if s['compiled'] else ''} "
+        f"-- {machine_label(result['machine'])}"
     )
     return title + "\n\n" + md_table(head, body)
 
@@ -180,6 +196,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None, help="write the result here")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="both modes")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward pass (both modes)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune (both modes)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():

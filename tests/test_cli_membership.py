@@ -63,6 +63,20 @@ def test_membership_table_and_user_errors() -> None:
     worse = runner.invoke(app, ["membership", *FAST, "--attacks", "lira:views=1"])
     assert worse.exit_code != 0
     assert "Traceback" not in worse.output
+    half = runner.invoke(app, ["membership", *FAST, "--precision", "fp16"])
+    assert half.exit_code != 0
+    assert "--precision" in half.output
+    assert "bf16" in half.output
+    assert "Traceback" not in half.output
+
+
+def test_membership_bf16_shadow_training() -> None:
+    result = runner.invoke(app, ["membership", *FAST, "--attacks", "lira", "--precision", "bf16", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["recipe"]["precision"] == "bf16"
+    assert summary["recipe"]["compiled"] is False
+    assert 0.0 <= summary["attacks"][0]["metrics"]["auc"] <= 1.0
 
 
 def test_membership_dp_loop_writes_the_tradeoff(tmp_path: Path) -> None:

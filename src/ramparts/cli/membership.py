@@ -24,6 +24,7 @@ from ramparts.data import Dataset, load_dataset
 from ramparts.errors import invalid
 from ramparts.parallel import executor_for
 from ramparts.privacy import MEMBERSHIP, ShadowPool, ShadowRecipe, train_shadows
+from ramparts.privacy.batched import PRECISIONS
 from ramparts.privacy.dp_audit import dp_tradeoff
 from ramparts.privacy.metrics import DEFAULT_FPRS
 from ramparts.report.plots import privacy_tradeoff, roc_loglog
@@ -96,6 +97,15 @@ def membership_command(
     ] = None,
     chunk: Annotated[int, typer.Option(min=1, help="Models trained together per task (vmap).")] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="Shadow training: fp32, or bf16 autocast (faster on a GPU).")
+    ] = "fp32",
+    compile_forward: Annotated[
+        bool,
+        typer.Option(
+            "--compile", help="torch.compile the shadows' forward pass (much faster batched GPU training)."
+        ),
+    ] = False,
     ray: Annotated[
         str | None, typer.Option(help="Ray cluster address (or 'auto') to spread shadow training.")
     ] = None,
@@ -119,13 +129,22 @@ def membership_command(
         config = json.loads(arch_config) if arch_config else None
     except json.JSONDecodeError as exc:
         raise invalid("--arch-config", arch_config, "a JSON object", str(exc)) from exc
+    if precision not in PRECISIONS:
+        raise invalid("--precision", precision, f"one of {', '.join(PRECISIONS)}")
     dev = TrainConfig(device=device).resolve_device()
+    schedule: dict[str, Any] = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "precision": precision,
+        "compiled": compile_forward,
+    }
     executor = executor_for(ray)
     run_dir = out_dir / "models" if out_dir is not None else None
     if model is None:
         data = data or "digits"
         arch, config = arch or "mlp", config or {}
-        recipe = ShadowRecipe(arch, config, epochs=epochs, batch_size=batch_size, lr=lr)
+        recipe = ShadowRecipe(arch, config, **schedule)
         ds = load_dataset(data)
         if records is not None:
             ds = ds.subset(range(min(records, len(ds))))
@@ -161,7 +180,7 @@ def membership_command(
         )
         extra = meta.get("extra", {}) if isinstance(meta.get("extra"), dict) else {}
         data = data or str(extra.get("dataset", "digits"))
-        recipe = ShadowRecipe(arch, config, epochs=epochs, batch_size=batch_size, lr=lr)
+        recipe = ShadowRecipe(arch, config, **schedule)
         train_ds, test_ds = load_splits(data)
         pool_data = Dataset(
             torch.cat([train_ds.x, test_ds.x]), torch.cat([train_ds.y, test_ds.y]), train_ds.classes, data
@@ -200,7 +219,7 @@ def membership_command(
         "records": len(pool_data),
         "population": len(population),
         "target": str(model) if model is not None else "model 0 of the shadow training",
-        "recipe": {"arch": arch, "arch_config": config, "epochs": epochs, "batch_size": batch_size, "lr": lr},
+        "recipe": {"arch": arch, "arch_config": config, **schedule},
         "shadows": shadows,
         "seed": seed,
         "executor": executor.name,

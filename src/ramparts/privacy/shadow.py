@@ -46,6 +46,7 @@ class ShadowRecipe:
     lr: float = 1e-3
     weight_decay: float = 0.0
     precision: str = "fp32"
+    compiled: bool = False
 
     def full_config(self, data: Dataset) -> dict[str, Any]:
         c, h, _ = data.input_shape
@@ -178,6 +179,7 @@ def _train_chunk(task: _Chunk) -> list[dict[str, Tensor]]:
         device=task.device,
         batched=task.batched,
         precision=r.precision,
+        compiled=r.compiled,
     )
 
 

@@ -147,3 +147,47 @@ class MembershipResult:
             "elapsed_s": self.elapsed_s,
             **self.extra,
         }
+
+
+@dataclass(frozen=True)
+class PoisonResult:
+    """How far a poisoning attack moved a training pipeline, measured on clean held-out data.
+
+    `fraction`: poisons / size of the poisoned training set. `clean_accuracy`: the model trained on the
+    poisoned set, on clean test data; `baseline_accuracy`: the same pipeline on the clean set.
+    `attack_success`: for targeted attacks and backdoors, the share of attacked test inputs that get
+    the attacker's label (None for indiscriminate attacks). `curve`: one dict per point of a sweep
+    (e.g. fraction -> accuracy), JSON-ready.
+    """
+
+    attack: str
+    config: dict[str, Any]
+    seed: int
+    fraction: float
+    n_poison: int
+    clean_accuracy: float
+    baseline_accuracy: float
+    attack_success: float | None
+    elapsed_s: float
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accuracy_drop(self) -> float:
+        return self.baseline_accuracy - self.clean_accuracy
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "attack": self.attack,
+            "config": self.config,
+            "seed": self.seed,
+            "fraction": self.fraction,
+            "n_poison": self.n_poison,
+            "clean_accuracy": self.clean_accuracy,
+            "baseline_accuracy": self.baseline_accuracy,
+            "accuracy_drop": self.accuracy_drop,
+            "attack_success": self.attack_success,
+            "curve": self.curve,
+            "elapsed_s": self.elapsed_s,
+            **self.extra,
+        }

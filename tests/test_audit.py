@@ -388,8 +388,9 @@ def test_default_model_is_reused_on_resume(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(ramparts.audit.run, "train_default_model", no_training)
     again = run_audit(out_dir=tmp_path / "b", **kwargs)
-    assert again.resumed == {"measurements_reused": 3, "measurements": 3, "model_reused": True}
+    assert again.resumed == {"measurements_reused": 4, "measurements": 4, "model_reused": True}
     assert again.membership == first.membership, "the membership section is reused too"
+    assert again.poisoning == first.poisoning, "and the poisoning section"
     assert again.model == first.model
     _assert_same_run(tmp_path / "a", tmp_path / "b")
     with pytest.raises(RunFolderMismatchError, match=r"identity\.model"):
@@ -580,3 +581,42 @@ def test_membership_needs_the_training_data(digits_model, held_out: Dataset) -> 
     assert report.membership is None, "a given model without its training data has no membership section"
     with pytest.raises(ValidationError, match="membership_shadows"):
         run_audit(digits_model.model, None, held_out, attacks="fgsm", n=20, membership_shadows=-1, **NO_BB)
+
+
+def test_poisoning_section_retrains_on_poisoned_data(tmp_path: Path) -> None:
+    kwargs: dict[str, Any] = {
+        "eps_grid": "0.3",
+        "attacks": "fgsm",
+        "n": 20,
+        "epochs": 4,
+        "reference_eps": 0.3,
+    }
+    report = run_audit(
+        out_dir=tmp_path, theft="none", membership_shadows=0, poisoning_fractions=(0.1,), **kwargs, **NO_BB
+    )
+    section = report.poisoning
+    assert section is not None
+    assert section["config"]["fractions"] == [0.1]
+    assert section["config"]["train_records"] == report.data["n_train"]
+    flips, backdoor = section["attacks"]
+    assert [flips["attack"], backdoor["attack"]] == ["flip_random", "badnets"]
+    for row in (flips, backdoor):
+        clean, point = row["curve"]
+        assert clean["fraction"] == 0.0
+        assert point["fraction"] == pytest.approx(0.1, abs=1e-3)
+        assert point["n_poison"] == round(0.1 * report.data["n_train"])
+        assert 0.0 <= point["clean_accuracy"] <= 1.0
+    assert flips["curve"][1]["attack_success"] is None
+    assert backdoor["curve"][1]["attack_success"] > 0.5, "10% backdoored digits plant the trigger"
+    defense = section["defense"]
+    assert defense["detection"]["poisons"] == backdoor["curve"][1]["n_poison"]
+    assert 0.0 <= defense["detection"]["recall"] <= 1.0
+    assert defense["after"]["poisons_left"] <= defense["detection"]["poisons"]
+    assert any(line.startswith("Poisoning: ") for line in report.headlines)
+    assert "poisoning" in report.figures
+    html = (tmp_path / "report.html").read_text()
+    assert "Poisoning: how far do a few poisoned training records move the model?" in html
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["poisoning"]["attacks"][1]["curve"] == backdoor["curve"]
+    with pytest.raises(ValidationError, match="poisoning_fractions"):
+        run_audit(poisoning_fractions=(0.7,), **kwargs, **NO_BB)

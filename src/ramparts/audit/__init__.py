@@ -46,6 +46,7 @@ from ramparts.audit.checks import (
 )
 from ramparts.audit.membership import DEFAULT_SHADOWS as DEFAULT_MEMBERSHIP_SHADOWS
 from ramparts.audit.model import DEFAULT_ARCH, DEFAULT_EPOCHS, default_split, train_default_model
+from ramparts.audit.poisoning import DEFAULT_FRACTIONS as DEFAULT_POISONING_FRACTIONS
 from ramparts.audit.report import AuditReport
 from ramparts.audit.run import run_audit
 from ramparts.audit.run_folder import RunFolderMismatchError
@@ -62,6 +63,7 @@ __all__ = [
     "DEFAULT_EPS_GRID",
     "DEFAULT_MEMBERSHIP_SHADOWS",
     "DEFAULT_N",
+    "DEFAULT_POISONING_FRACTIONS",
     "DEFAULT_QUERY_BUDGETS",
     "DEFAULT_REFERENCE_EPS",
     "DEFAULT_THEFT",

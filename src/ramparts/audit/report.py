@@ -42,6 +42,7 @@ class AuditReport:
     blackbox: dict[str, Any] | None = None
     theft: dict[str, Any] | None = None
     membership: dict[str, Any] | None = None
+    poisoning: dict[str, Any] | None = None
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)
 
@@ -89,6 +90,7 @@ class AuditReport:
             "blackbox": self.blackbox,
             "theft": self.theft,
             "membership": self.membership,
+            "poisoning": self.poisoning,
             "citations": self.citations,
             "timings": self.timings,
             "resumed": self.resumed,

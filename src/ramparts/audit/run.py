@@ -15,6 +15,7 @@ from torch import nn
 
 from ramparts.audit import blackbox as bb
 from ramparts.audit import membership as mi
+from ramparts.audit import poisoning as po
 from ramparts.audit import theft as th
 from ramparts.audit.checks import (
     DEFAULT_BLACKBOX,
@@ -100,6 +101,7 @@ def run_audit(
     theft: str | None = th.DEFAULT_THEFT,
     theft_seeds: int = th.DEFAULT_THEFT_SEEDS,
     membership_shadows: int = mi.DEFAULT_SHADOWS,
+    poisoning_fractions: Sequence[float] | None = po.DEFAULT_FRACTIONS,
 ) -> AuditReport:
     """Audit `model` (default: train `small_cnn` on `train_ds`, default the digits) on `n` test images.
 
@@ -120,12 +122,15 @@ def run_audit(
     FGSM crafted on it transferred to the model at the reference eps and a larger one.
     `membership_shadows`: shadow models of the membership section (0: no section); it runs where the
     training data is known (the default model, or `train_ds` given with `model`, taken as its training set).
+    `poisoning_fractions`: poisoned shares of the training set for the poisoning section (None or empty: no
+    section); it retrains the default recipe, so it runs where the training data is known, like membership.
     """
     t_start = time.perf_counter()
     counts = (("n", n, 1), ("seed", seed, 0), ("blackbox_n", blackbox_n, 1), ("theft_seeds", theft_seeds, 1))
     for name, value, low in (*counts, ("membership_shadows", membership_shadows, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise invalid(name, value, f"an integer >= {low}")
+    fractions = po.check_fractions(poisoning_fractions)
     if fail_under is not None and (
         isinstance(fail_under, bool) or not isinstance(fail_under, int | float) or not 0 <= fail_under <= 1
     ):
@@ -179,6 +184,9 @@ def run_audit(
         membership=None
         if membership_shadows == 0 or train_ds is None
         else mi.membership_config(train_ds, test_ds, membership_shadows, epochs),
+        poisoning=None
+        if not fractions or train_ds is None
+        else po.poisoning_config(train_ds, fractions, epochs),
     )
     out = Path(out_dir) if out_dir is not None else None
     recorded = open_run_folder(out, config, overwrite=overwrite) if out is not None else None
@@ -190,7 +198,7 @@ def run_audit(
     model_reused = False
 
     with _progress(progress) as bar:
-        one_step = (config["theft"] is not None) + (config["membership"] is not None)
+        one_step = sum(config[key] is not None for key in ("theft", "membership", "poisoning"))
         steps = len(linf) * len(grid) + len(minimal) + len(black) * len(budgets) + one_step
         task = bar.add_task("audit", total=steps + (model is None) + 1)
         if oracle is None:
@@ -253,6 +261,12 @@ def run_audit(
             leaks = mi.membership_section(run, train_ds, test_ds, config["membership"])
             timings["membership_s"] = time.perf_counter() - t0
             bar.advance(task)
+        poisoned = None
+        if config["poisoning"] is not None and train_ds is not None:
+            t0 = time.perf_counter()
+            poisoned = po.poisoning_section(run, train_ds, test_ds, config["poisoning"])
+            timings["poisoning_s"] = time.perf_counter() - t0
+            bar.advance(task)
 
         bar.update(task, description="report")
         t0 = time.perf_counter()
@@ -284,6 +298,7 @@ def run_audit(
                 blackbox=black_box,
                 theft=stolen,
                 membership=leaks,
+                poisoning=poisoned,
             ),
             citations={
                 **{c.label: attack_citation(ATTACKS.get(c.attack)) for c in checks},
@@ -298,6 +313,7 @@ def run_audit(
                     if leaks
                     else {}
                 ),
+                **(po.citations(poisoned) if poisoned else {}),
             },
             timings=timings,
             environment=collect_environment(),
@@ -313,6 +329,7 @@ def run_audit(
             blackbox=black_box,
             theft=stolen,
             membership=leaks,
+            poisoning=poisoned,
         )
         if fail_under is not None:
             acc = reference["robust_accuracy"]

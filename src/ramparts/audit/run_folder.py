@@ -75,6 +75,7 @@ def run_config(
     blackbox: Mapping[str, Any] | None = None,
     theft: Mapping[str, Any] | None = None,
     membership: Mapping[str, Any] | None = None,
+    poisoning: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run's configuration (config.json): everything its measurements depend on."""
     width = bounds[1] - bounds[0]
@@ -96,6 +97,7 @@ def run_config(
         "blackbox": dict(blackbox) if blackbox else None,
         "theft": dict(theft) if theft else None,
         "membership": dict(membership) if membership else None,
+        "poisoning": dict(poisoning) if poisoning else None,
         "identity": dict(identity),
     }
 

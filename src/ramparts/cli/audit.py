@@ -18,6 +18,7 @@ from ramparts.audit import (
     DEFAULT_EPS_GRID,
     DEFAULT_MEMBERSHIP_SHADOWS,
     DEFAULT_N,
+    DEFAULT_POISONING_FRACTIONS,
     DEFAULT_QUERY_BUDGETS,
     DEFAULT_REFERENCE_EPS,
     DEFAULT_THEFT,
@@ -38,6 +39,18 @@ from ramparts.cli._common import (
     print_json,
     user_errors,
 )
+from ramparts.errors import invalid
+
+
+def _fractions(spec: str) -> tuple[float, ...]:
+    """--poisoning-fractions: "0.01,0.05" -> (0.01, 0.05); "none", "0" or "" -> () (no section)."""
+    text = spec.strip().lower()
+    if text in ("", "none", "0"):
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise invalid("--poisoning-fractions", spec, "a comma list of shares in (0, 0.5), or none") from exc
 
 
 @user_errors
@@ -114,6 +127,12 @@ def audit_command(
             help="Shadow models of the membership section (0 skips it; it runs when the training data is known).",
         ),
     ] = DEFAULT_MEMBERSHIP_SHADOWS,
+    poisoning_fractions: Annotated[
+        str,
+        typer.Option(
+            help="Poisoned shares of the training set for the poisoning section, e.g. 0.01,0.05 (none skips it).",
+        ),
+    ] = ",".join(f"{f:g}" for f in DEFAULT_POISONING_FRACTIONS),
     json_output: Annotated[
         bool, typer.Option("--json", help="Print report.json on stdout, nothing else.")
     ] = False,
@@ -150,6 +169,7 @@ def audit_command(
             theft=theft,
             theft_seeds=theft_seeds,
             membership_shadows=membership_shadows,
+            poisoning_fractions=_fractions(poisoning_fractions),
         )
     except RunFolderMismatchError as exc:
         raise RunFolderMismatchError(

@@ -11,6 +11,8 @@ from ramparts.cli.attack import attack_command
 from ramparts.cli.audit import audit_command
 from ramparts.cli.env import env_command
 from ramparts.cli.membership import membership_command
+from ramparts.cli.poison import poison_command
+from ramparts.cli.shill import shill_command
 from ramparts.cli.steal import steal_command
 from ramparts.cli.train import train_command
 
@@ -26,6 +28,8 @@ app.command("attack")(attack_command)
 app.command("train")(train_command)
 app.command("steal")(steal_command)
 app.command("membership")(membership_command)
+app.command("poison")(poison_command)
+app.command("shill")(shill_command)
 app.command("env")(env_command)
 
 

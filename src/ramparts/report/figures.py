@@ -11,7 +11,8 @@ from ramparts.report import plots
 def evasion_figures(report: Mapping[str, Any], examples: Sequence[plots.Example] = ()) -> dict[str, bytes]:
     """`robustness` (curves), `examples` (panel), `hist_<check>` (minimum-norm distances), `blackbox`
     (success against the query budget), `theft` (the copy's fidelity against the labels used),
-    `membership` (the membership attacks' ROC, log-log): PNG bytes."""
+    `membership` (the membership attacks' ROC, log-log), `poisoning` (accuracy and attack success against
+    the poisoned fraction): PNG bytes."""
     figures: dict[str, bytes] = {}
     evasion = report.get("evasion", {})
     findings = evasion.get("findings", [])
@@ -53,6 +54,12 @@ def evasion_figures(report: Mapping[str, Any], examples: Sequence[plots.Example]
     membership = report.get("membership")
     if membership and membership.get("attacks"):
         figures["membership"] = plots.roc_loglog({r["label"]: r["roc"] for r in membership["attacks"]})
+    poisoning = report.get("poisoning")
+    if poisoning and poisoning.get("attacks"):
+        rows = poisoning["attacks"]
+        figures["poisoning"] = plots.poisoning_curves(
+            {r["label"]: r["curve"] for r in rows}, baseline=rows[0]["baseline_accuracy"]
+        )
     for key, stats in evasion.get("minimum_norm", {}).items():
         if stats.get("distances"):
             figures[f"hist_{key}"] = plots.distance_histogram(

@@ -332,3 +332,46 @@ def privacy_tradeoff(
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return to_png(fig)
+
+
+def poisoning_curves(
+    curves: Mapping[str, Sequence[Mapping[str, Any]]], *, baseline: float | None = None
+) -> bytes:
+    """Clean accuracy (solid) and, for backdoors and targeted attacks, attack success (dashed) against
+    the poisoned fraction of the training set, one colour per attack; `baseline`: the clean pipeline."""
+    fig = Figure(figsize=(6.0, 3.6))
+    ax = fig.add_subplot()
+    for i, (label, points) in enumerate(curves.items()):
+        color = _COLORS[i % len(_COLORS)]
+        pts = sorted(points, key=lambda p: float(p["fraction"]))
+        xs = [100 * float(p["fraction"]) for p in pts]
+        ax.plot(
+            xs,
+            [100 * float(p["clean_accuracy"]) for p in pts],
+            marker="o",
+            ms=4,
+            lw=1.6,
+            color=color,
+            label=f"{label}: clean accuracy",
+        )
+        success = [(x, p.get("attack_success")) for x, p in zip(xs, pts, strict=True)]
+        if any(s is not None for _, s in success):
+            ax.plot(
+                [x for x, s in success if s is not None],
+                [100 * float(s) for _, s in success if s is not None],
+                marker="^",
+                ms=4,
+                lw=1.4,
+                ls="--",
+                color=color,
+                label=f"{label}: attack success",
+            )
+    if baseline is not None:
+        ax.axhline(100 * baseline, color="0.5", lw=1, ls=":", label=f"clean pipeline {100 * baseline:.1f}%")
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("poisoned share of the training set (%)")
+    ax.set_ylabel("%")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center right")
+    fig.tight_layout()
+    return to_png(fig)

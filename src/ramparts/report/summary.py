@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 _CITATION = re.compile(r"([A-Z][^.\"]*?(?:et al\.)?[^.\"]*?,\s*\"[^\"]+\",?[^\"]*?(?:19|20)\d\d)")
@@ -22,8 +22,8 @@ def pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def attack_citation(cls: type) -> str | None:
-    """The paper an attack follows, read from its class docstring or, failing that, its module's."""
+def attack_citation(cls: type | Callable[..., Any]) -> str | None:
+    """The paper an attack follows, read from its class (or function) docstring or, failing that, its module's."""
     module = sys.modules.get(cls.__module__)
     for doc in (cls.__doc__, module.__doc__ if module else None):
         for paragraph in (doc or "").split("\n\n"):
@@ -44,6 +44,7 @@ def headlines(
     blackbox: Mapping[str, Any] | None = None,
     theft: Mapping[str, Any] | None = None,
     membership: Mapping[str, Any] | None = None,
+    poisoning: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The summary sentences: clean accuracy, the main attack at the reference eps, where accuracy
     halves and collapses, and the minimum-norm attacks' median distance.
@@ -93,7 +94,34 @@ def headlines(
         lines.append(theft_headline(theft))
     if membership:
         lines.append(membership_headline(membership))
+    if poisoning:
+        lines.append(poisoning_headline(poisoning))
     return lines
+
+
+def poisoning_headline(section: Mapping[str, Any]) -> str:
+    """One sentence: what the largest poisoned share does to clean accuracy and, for a backdoor, how often
+    it fires; then whether the sanitiser caught it."""
+    parts = []
+    for row in section["attacks"]:
+        last = row["curve"][-1]
+        text = (
+            f"{row['label']} on {100 * last['fraction']:g}% of the training set: clean accuracy "
+            f"{100 * row['baseline_accuracy']:.1f}% -> {100 * last['clean_accuracy']:.1f}%"
+        )
+        if last.get("attack_success") is not None:
+            text += f", the trigger sends {100 * last['attack_success']:.1f}% of test inputs to the attacker's class"
+        parts.append(text)
+    line = "Poisoning: " + "; ".join(parts) + "."
+    defense = section.get("defense")
+    if defense:
+        d, after = defense["detection"], defense["after"]
+        line += (
+            f" Spectral signatures flag {100 * d['recall']:.0f}% of the backdoor's poisons "
+            f"({100 * d['clean_fpr']:.1f}% of clean records); retrained without them the trigger fires on "
+            f"{100 * (after['attack_success'] or 0.0):.1f}%."
+        )
+    return line
 
 
 def membership_headline(section: Mapping[str, Any]) -> str:

@@ -42,6 +42,7 @@ from ramparts.zoo import load_weights, save_weights
 
 __all__ = [
     "OPTIMIZERS",
+    "EpochCallback",
     "EpochStats",
     "LossHook",
     "TrainConfig",
@@ -57,6 +58,9 @@ logger = logging.getLogger(__name__)
 
 LossHook = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(model, x, y) -> scalar loss`` for one training batch; the model is in training mode."""
+
+EpochCallback = Callable[["EpochStats", nn.Module], "bool | None"]
+"""``(stats, model) -> stop?`` after each epoch of :func:`train`; True stops training early."""
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 _CHECKPOINT = re.compile(r"^epoch-(\d+)\.state\.pt$")
@@ -209,6 +213,7 @@ def train(
     progress: bool = True,
     loss_hook: LossHook | None = None,
     soft_targets: torch.Tensor | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainReport:
     """Train ``model`` in place on ``train``; returns the per-epoch report, model left in eval mode.
 
@@ -225,6 +230,10 @@ def train(
     the noise generator, so a resumed run spends and reports exactly the same. ``soft_targets`` work
     with DP; a custom ``loss_hook`` is refused (its loss need not be a per-sample mean of one forward
     pass, which per-sample clipping assumes). The model is a plain ``nn.Module`` again on return.
+
+    ``on_epoch(stats, model)`` runs after each epoch is measured and checkpointed; returning True stops
+    training there (early stopping, e.g. :class:`~ramparts.defenses.adversarial_training.FastATMonitor`).
+    A callback's own state is not checkpointed: a resumed run calls it from the resumed epoch on.
     """
     config = config or TrainConfig()
     device = config.resolve_device()
@@ -264,7 +273,20 @@ def train(
             )
         try:
             _run_epochs(
-                model, x, y, targets, val, optimizer, shuffle, hook, private, folder, device, report, progress
+                model,
+                x,
+                y,
+                targets,
+                val,
+                optimizer,
+                shuffle,
+                hook,
+                private,
+                folder,
+                device,
+                report,
+                progress,
+                on_epoch,
             )
         finally:
             if private is not None:
@@ -288,8 +310,9 @@ def _run_epochs(
     device: torch.device,
     report: TrainReport,
     progress: bool,
+    on_epoch: EpochCallback | None = None,
 ) -> None:
-    """The epochs of :func:`train` after its setup: resume, train, measure, checkpoint."""
+    """The epochs of :func:`train` after its setup: resume, train, measure, checkpoint, ask ``on_epoch``."""
     config = report.config
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -333,6 +356,9 @@ def _run_epochs(
             )
             if folder is not None:
                 _save_checkpoint(folder, epoch, model, optimizer, shuffle, device, report, private)
+            if on_epoch is not None and on_epoch(stats, model) is True:
+                logger.info("on_epoch stopped training after epoch %d/%d", epoch, config.epochs)
+                break
 
 
 @torch.no_grad()

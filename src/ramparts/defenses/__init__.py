@@ -1,9 +1,27 @@
-"""Defences: extraction detection (PRADA), output hardening, and training-set sanitisation (sphere and slab with
+"""Defences: against adversarial examples (adversarial training, TRADES, fast AT, distillation; the
+`DefendedModel` composition and the adaptive attacks that judge it), extraction detection (PRADA), output
+hardening, and training-set sanitisation (sphere and slab with
 Steinhardt et al.'s certified bound, spectral signatures, activation clustering)."""
 
+from ramparts.defenses.adaptive import (
+    BPDA,
+    EOT,
+    AdaptiveResult,
+    adaptive_model,
+    adaptive_pgd,
+    masking_warnings,
+)
+from ramparts.defenses.adversarial_training import (
+    FastATMonitor,
+    fast_adversarial_training,
+    pgd_training,
+    trades,
+)
+from ramparts.defenses.base import DefendedModel, Detector, Transform, threshold_at_fpr
 from ramparts.defenses.certified import CertifiedBound, certify_linear_svm
 from ramparts.defenses.clustering import activation_clustering
 from ramparts.defenses.detection import DetectionResult
+from ramparts.defenses.distillation import Distilled, TemperatureScaled, distill
 from ramparts.defenses.features import default_layer, layer_features
 from ramparts.defenses.hardening import (
     HARDENINGS,
@@ -20,11 +38,18 @@ from ramparts.defenses.sanitization import SphereSlab, centroids, fit_sphere_sla
 from ramparts.defenses.spectral import spectral_signatures
 
 __all__ = [
+    "BPDA",
+    "EOT",
     "HARDENINGS",
+    "AdaptiveResult",
     "Alarm",
     "CertifiedBound",
+    "DefendedModel",
     "DetectionResult",
+    "Detector",
+    "Distilled",
     "ExtractionBlocked",
+    "FastATMonitor",
     "GuardedOracle",
     "Hardening",
     "LabelOnly",
@@ -33,14 +58,24 @@ __all__ = [
     "ReverseSigmoid",
     "Rounded",
     "SphereSlab",
+    "TemperatureScaled",
     "TopK",
+    "Transform",
     "activation_clustering",
+    "adaptive_model",
+    "adaptive_pgd",
     "centroids",
     "certify_linear_svm",
     "default_layer",
+    "distill",
+    "fast_adversarial_training",
     "fit_sphere_slab",
     "harden",
     "layer_features",
+    "masking_warnings",
+    "pgd_training",
     "spectral_signatures",
     "sphere_slab",
+    "threshold_at_fpr",
+    "trades",
 ]

@@ -35,9 +35,17 @@ from ramparts.defenses.hardening import (
 )
 from ramparts.defenses.prada import Alarm, ExtractionBlocked, GuardedOracle, Prada
 from ramparts.defenses.sanitization import SphereSlab, centroids, fit_sphere_slab, sphere_slab
+from ramparts.defenses.smoothing import (
+    ABSTAIN,
+    SmoothedClassifier,
+    abstention_rate,
+    certified_accuracy,
+    gaussian_noise_training,
+)
 from ramparts.defenses.spectral import spectral_signatures
 
 __all__ = [
+    "ABSTAIN",
     "BPDA",
     "EOT",
     "HARDENINGS",
@@ -57,19 +65,23 @@ __all__ = [
     "Prada",
     "ReverseSigmoid",
     "Rounded",
+    "SmoothedClassifier",
     "SphereSlab",
     "TemperatureScaled",
     "TopK",
     "Transform",
+    "abstention_rate",
     "activation_clustering",
     "adaptive_model",
     "adaptive_pgd",
     "centroids",
+    "certified_accuracy",
     "certify_linear_svm",
     "default_layer",
     "distill",
     "fast_adversarial_training",
     "fit_sphere_slab",
+    "gaussian_noise_training",
     "harden",
     "layer_features",
     "masking_warnings",

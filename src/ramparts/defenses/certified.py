@@ -22,9 +22,8 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cvxpy as cp
 import numpy as np
 import torch
 from scipy import optimize
@@ -33,6 +32,9 @@ from torch import Tensor
 from ramparts.data import Dataset
 from ramparts.defenses.sanitization import SphereSlab, centroids, fit_sphere_slab
 from ramparts.errors import RampartsTypeError, check_int, invalid
+
+if TYPE_CHECKING:
+    import cvxpy as cp
 
 __all__ = ["CertifiedBound", "FeasibleSet", "certify_linear_svm", "hinge_objective", "train_linear_svm"]
 
@@ -86,6 +88,8 @@ class FeasibleSet:
             )
         if defence is not None and not box and not bool(torch.isfinite(defence.sphere_radii).all()):
             raise invalid("box", box, "True when the sphere is off", "pass box=True or a sphere_quantile")
+        import cvxpy as cp  # imported here: it is slow to import and only this class needs it
+
         if solver not in cp.installed_solvers():
             raise invalid("solver", solver, f"one of {cp.installed_solvers()}")
         self.defence, self.box, self.dim, self.solver = defence, box, dim, solver
@@ -94,6 +98,8 @@ class FeasibleSet:
         self._problems = [] if defence is None else [self._problem(defence, k) for k in range(2)]
 
     def _problem(self, defence: SphereSlab, k: int) -> cp.Problem:
+        import cvxpy as cp
+
         mu = defence.centers[k].numpy()
         cons = []
         sphere, slab = float(defence.sphere_radii[k]), float(defence.slab_radii[k])
@@ -116,7 +122,7 @@ class FeasibleSet:
             self._cost.value = (label * w64).numpy()
             problem = self._problems[k]
             problem.solve(solver=self.solver)
-            if problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or self._x.value is None:
+            if problem.status not in ("optimal", "optimal_inaccurate") or self._x.value is None:
                 raise RuntimeError(
                     f"feasible-set maximisation failed for label {label:+.0f}: {problem.status}"
                 )

@@ -1,7 +1,7 @@
-"""Defences: against adversarial examples (adversarial training, TRADES, fast AT, distillation; the
-`DefendedModel` composition and the adaptive attacks that judge it), extraction detection (PRADA), output
-hardening, and training-set sanitisation (sphere and slab with
-Steinhardt et al.'s certified bound, spectral signatures, activation clustering)."""
+"""Defences against adversarial examples (adversarial training, TRADES, fast AT, distillation, randomized
+smoothing, MagNet, feature squeezing, input transforms; `DefendedModel` composes them and the adaptive
+attacks judge them), extraction detection (PRADA), output hardening, and training-set sanitisation
+(sphere and slab with Steinhardt et al.'s certified bound, spectral signatures, activation clustering)."""
 
 from ramparts.defenses.adaptive import (
     BPDA,
@@ -33,6 +33,15 @@ from ramparts.defenses.hardening import (
     TopK,
     harden,
 )
+from ramparts.defenses.magnet import (
+    Autoencoder,
+    DivergenceDetector,
+    RandomReformer,
+    ReconstructionDetector,
+    Reformer,
+    magnet,
+    train_autoencoder,
+)
 from ramparts.defenses.prada import Alarm, ExtractionBlocked, GuardedOracle, Prada
 from ramparts.defenses.sanitization import SphereSlab, centroids, fit_sphere_slab, sphere_slab
 from ramparts.defenses.smoothing import (
@@ -43,6 +52,8 @@ from ramparts.defenses.smoothing import (
     gaussian_noise_training,
 )
 from ramparts.defenses.spectral import spectral_signatures
+from ramparts.defenses.squeezing import BitDepth, MedianFilter, SqueezeDetector, feature_squeezing
+from ramparts.defenses.transforms import GaussianSmoothing, Quantize, RandomNoise
 
 __all__ = [
     "ABSTAIN",
@@ -51,22 +62,33 @@ __all__ = [
     "HARDENINGS",
     "AdaptiveResult",
     "Alarm",
+    "Autoencoder",
+    "BitDepth",
     "CertifiedBound",
     "DefendedModel",
     "DetectionResult",
     "Detector",
     "Distilled",
+    "DivergenceDetector",
     "ExtractionBlocked",
     "FastATMonitor",
+    "GaussianSmoothing",
     "GuardedOracle",
     "Hardening",
     "LabelOnly",
+    "MedianFilter",
     "NoisyScores",
     "Prada",
+    "Quantize",
+    "RandomNoise",
+    "RandomReformer",
+    "ReconstructionDetector",
+    "Reformer",
     "ReverseSigmoid",
     "Rounded",
     "SmoothedClassifier",
     "SphereSlab",
+    "SqueezeDetector",
     "TemperatureScaled",
     "TopK",
     "Transform",
@@ -80,14 +102,17 @@ __all__ = [
     "default_layer",
     "distill",
     "fast_adversarial_training",
+    "feature_squeezing",
     "fit_sphere_slab",
     "gaussian_noise_training",
     "harden",
     "layer_features",
+    "magnet",
     "masking_warnings",
     "pgd_training",
     "spectral_signatures",
     "sphere_slab",
     "threshold_at_fpr",
     "trades",
+    "train_autoencoder",
 ]

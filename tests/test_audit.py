@@ -620,3 +620,40 @@ def test_poisoning_section_retrains_on_poisoned_data(tmp_path: Path) -> None:
     assert saved["poisoning"]["attacks"][1]["curve"] == backdoor["curve"]
     with pytest.raises(ValidationError, match="poisoning_fractions"):
         run_audit(poisoning_fractions=(0.7,), **kwargs, **NO_BB)
+
+
+def test_masking_checks_fire_on_their_symptoms() -> None:
+    from ramparts.audit.masking import masking_checks
+
+    findings = [
+        {"check": "fgsm", "eps": 0.1, "robust_accuracy": 0.30},
+        {"check": "pgd", "eps": 0.1, "robust_accuracy": 0.50},
+        {"check": "fgsm", "eps": 0.2, "robust_accuracy": 0.10},
+        {"check": "pgd", "eps": 0.2, "robust_accuracy": 0.05},
+    ]
+    blackbox = {
+        "checks": {
+            "square": {
+                "label": "Square",
+                "knowledge": "score",
+                "eps_label": "8/255",
+                "rows": [{"success_rate": 0.4}, {"success_rate": 0.9}],
+                "white_box": {"label": "white-box linf battery", "success_rate": 0.6},
+            }
+        }
+    }
+    found = masking_checks(findings, blackbox)
+    assert len(found) == 2
+    assert found[0].startswith("fgsm (robust accuracy 30.0%) beats the iterative pgd (50.0%) at eps 0.1")
+    assert found[1].startswith(
+        "Square (score-only) fools 90.0% at eps 8/255, more than the white-box linf battery"
+    )
+    healthy = [{**f, "robust_accuracy": 0.6 if f["check"] == "fgsm" else 0.5} for f in findings[:2]]
+    assert masking_checks(healthy, None) == []
+
+
+def test_audit_report_carries_masking_warnings(audit: AuditReport) -> None:
+    saved = audit.to_dict()
+    assert saved["masking_warnings"] == audit.masking
+    assert all(isinstance(w, str) for w in audit.masking)
+    assert any(line.startswith("Gradient-masking check") for line in audit.headlines) == bool(audit.masking)

@@ -43,6 +43,7 @@ class AuditReport:
     theft: dict[str, Any] | None = None
     membership: dict[str, Any] | None = None
     poisoning: dict[str, Any] | None = None
+    masking: list[str] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)
 
@@ -91,6 +92,7 @@ class AuditReport:
             "theft": self.theft,
             "membership": self.membership,
             "poisoning": self.poisoning,
+            "masking_warnings": self.masking,
             "citations": self.citations,
             "timings": self.timings,
             "resumed": self.resumed,

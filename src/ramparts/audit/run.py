@@ -34,6 +34,7 @@ from ramparts.audit.checks import (
     resolve_checks,
     resolve_grid,
 )
+from ramparts.audit.masking import masking_checks
 from ramparts.audit.model import (
     DEFAULT_ARCH,
     DEFAULT_EPOCHS,
@@ -278,6 +279,7 @@ def run_audit(
             {"n": config["blackbox"]["n"], "query_budgets": budgets, "checks": sections} if black else None
         )
         main = next((c for c in linf if c.key == "pgd"), linf[0] if linf else None)
+        masking = masking_checks(run.findings, black_box)
         report = AuditReport(
             config=config,
             model=info,
@@ -299,6 +301,7 @@ def run_audit(
                 theft=stolen,
                 membership=leaks,
                 poisoning=poisoned,
+                masking=masking,
             ),
             citations={
                 **{c.label: attack_citation(ATTACKS.get(c.attack)) for c in checks},
@@ -330,6 +333,7 @@ def run_audit(
             theft=stolen,
             membership=leaks,
             poisoning=poisoned,
+            masking=masking,
         )
         if fail_under is not None:
             acc = reference["robust_accuracy"]

@@ -10,6 +10,7 @@ from ramparts.cli._common import EXIT_USAGE, err
 from ramparts.cli.attack import attack_command
 from ramparts.cli.audit import audit_command
 from ramparts.cli.env import env_command
+from ramparts.cli.harden import harden_command
 from ramparts.cli.membership import membership_command
 from ramparts.cli.poison import poison_command
 from ramparts.cli.shill import shill_command
@@ -30,6 +31,7 @@ app.command("steal")(steal_command)
 app.command("membership")(membership_command)
 app.command("poison")(poison_command)
 app.command("shill")(shill_command)
+app.command("harden")(harden_command)
 app.command("env")(env_command)
 
 

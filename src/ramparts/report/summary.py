@@ -45,6 +45,7 @@ def headlines(
     theft: Mapping[str, Any] | None = None,
     membership: Mapping[str, Any] | None = None,
     poisoning: Mapping[str, Any] | None = None,
+    masking: Sequence[str] = (),
 ) -> list[str]:
     """The summary sentences: clean accuracy, the main attack at the reference eps, where accuracy
     halves and collapses, and the minimum-norm attacks' median distance.
@@ -96,6 +97,8 @@ def headlines(
         lines.append(membership_headline(membership))
     if poisoning:
         lines.append(poisoning_headline(poisoning))
+    if masking:
+        lines.append(f"Gradient-masking check: {len(masking)} warning(s); first: {masking[0]}.")
     return lines
 
 

@@ -72,6 +72,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke run: 3 epochs, 100 evaluation inputs")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="save every epoch of plain/pgd/trades under DIR/<defence>; a rerun with more --epochs resumes there",
+    )
     args = p.parse_args()
     if args.quick:
         args.epochs, args.n_eval, args.eval_steps, args.apgd_steps = 3, 100, 10, 10
@@ -160,7 +165,15 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "stopped": monitor.stopped_at,
         }
     else:
-        train(model, train_set, config=config, loss_hook=hook_for(name, args), progress=False)
+        folder = None if args.checkpoint_dir is None else Path(args.checkpoint_dir) / name
+        train(
+            model,
+            train_set,
+            config=config,
+            loss_hook=hook_for(name, args),
+            progress=False,
+            checkpoint_dir=folder,
+        )
     seconds = time.perf_counter() - start
     model.eval()
     x, y = test.x[: args.n_eval].to(device), test.y[: args.n_eval].to(device)

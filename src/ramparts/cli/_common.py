@@ -100,6 +100,18 @@ def parse_params(items: list[str], cls: type[HasParams], name: str) -> dict[str,
     return params
 
 
+def parse_shares(spec: str, option: str, what: str) -> list[float]:
+    """ "0.01,0.05" -> [0.01, 0.05]: a sorted, de-duplicated comma list of shares in (0, 1) for `option`."""
+    expected = f"a comma list of {what} in (0, 1), e.g. 0.01,0.05"
+    try:
+        values = sorted({float(v) for v in spec.split(",") if v.strip()})
+    except ValueError as exc:
+        raise invalid(option, spec, expected) from exc
+    if not values or any(not 0 < v < 1 for v in values):
+        raise invalid(option, spec, expected)
+    return values
+
+
 def print_json(value: Any) -> None:
     """Machine output: strict JSON on stdout and nothing else."""
     from ramparts.report.json import to_jsonable

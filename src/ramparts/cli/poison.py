@@ -10,7 +10,16 @@ import torch
 import typer
 from rich.table import Table
 
-from ramparts.cli._common import DataOption, err, load_splits, out, parse_params, print_json, user_errors
+from ramparts.cli._common import (
+    DataOption,
+    err,
+    load_splits,
+    out,
+    parse_params,
+    parse_shares,
+    print_json,
+    user_errors,
+)
 from ramparts.defenses.detection import DetectionResult
 from ramparts.errors import invalid
 from ramparts.poisoning import POISONING, PoisonedSet, PoisoningAttack
@@ -34,16 +43,6 @@ def parse_attack(spec: str) -> tuple[str, PoisoningAttack]:
     cls = POISONING.get(name.strip())
     params = parse_params([p for p in rest.split("+") if p], cls, name) if rest else {}
     return spec.strip(), cls(**params)
-
-
-def parse_fractions(spec: str) -> list[float]:
-    try:
-        values = sorted({float(v) for v in spec.split(",") if v.strip()})
-    except ValueError as exc:
-        raise invalid("--fractions", spec, "a comma list of fractions in (0, 1), e.g. 0.01,0.05") from exc
-    if not values or any(not 0 < v < 1 for v in values):
-        raise invalid("--fractions", spec, "a comma list of fractions in (0, 1), e.g. 0.01,0.05")
-    return values
 
 
 def detect(defense: str, model: torch.nn.Module, poisoned: PoisonedSet, expected: float) -> DetectionResult:
@@ -107,7 +106,7 @@ def poison_command(
     """Poison the training data of a pipeline (label flips or a backdoor) at each fraction, retrain, and
     measure clean accuracy and attack success; then sanitise the most poisoned set and retrain."""
     label, chosen = parse_attack(attack)
-    levels = parse_fractions(fractions)
+    levels = parse_shares(fractions, "--fractions", "fractions")
     if defense not in DEFENSES:
         raise invalid("--defense", defense, f"one of {', '.join(DEFENSES)}")
     expected = levels[-1] if expected_fraction is None else expected_fraction

@@ -10,22 +10,12 @@ import torch
 import typer
 from rich.table import Table
 
-from ramparts.cli._common import err, out, print_json, user_errors
+from ramparts.cli._common import err, out, parse_shares, print_json, user_errors
 from ramparts.errors import invalid
 from ramparts.recsys import SHILLING, Ratings, fit, load_movielens, pca_detect, prediction_shift, rmse
 from ramparts.recsys import train_test_split as split_ratings
 from ramparts.recsys.data import synthetic_ratings
 from ramparts.recsys.detection import detection_metrics
-
-
-def parse_sizes(spec: str) -> list[float]:
-    try:
-        values = sorted({float(v) for v in spec.split(",") if v.strip()})
-    except ValueError as exc:
-        raise invalid("--sizes", spec, "a comma list of attack sizes in (0, 1), e.g. 0.01,0.05") from exc
-    if not values or any(not 0 < v < 1 for v in values):
-        raise invalid("--sizes", spec, "a comma list of attack sizes in (0, 1), e.g. 0.01,0.05")
-    return values
 
 
 def unpopular_item(ratings: Ratings, minimum: int = 5) -> int:
@@ -72,7 +62,7 @@ def shill_command(
 ) -> None:
     """Train a matrix-factorisation recommender, add fake users at each size, retrain, and measure how far the
     target's predicted rating and its top-10 hit ratio move; PCA-VarSelect then looks for the fakes."""
-    levels = parse_sizes(sizes)
+    levels = parse_shares(sizes, "--sizes", "attack sizes")
     cls = SHILLING.get(attack)
     data = (
         load_movielens(ratings_path)

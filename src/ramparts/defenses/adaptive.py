@@ -122,9 +122,8 @@ def defense_outcome(
     ``votes`` draws."""
     rejected = defended.rejects(x)
     if defended.randomized and votes > 1:
-        counts = sum(
-            F.one_hot(defended(x).argmax(dim=1), num_classes=_classes(defended, x)) for _ in range(votes)
-        )
+        logits = [defended(x) for _ in range(votes)]
+        counts = sum(F.one_hot(z.argmax(dim=1), num_classes=z.shape[1]) for z in logits)
         pred = cast(Tensor, counts).argmax(dim=1)
     else:
         pred = defended(x).argmax(dim=1)
@@ -248,8 +247,3 @@ def masking_warnings(
                     "a larger budget should never help the defender"
                 )
     return warnings
-
-
-def _classes(model: nn.Module, x: Tensor) -> int:
-    with torch.no_grad():
-        return int(model(x[:1]).shape[1])

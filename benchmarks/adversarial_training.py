@@ -63,6 +63,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=20.0, help="distillation temperature")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--schedule", default="constant", choices=["constant", "cyclic"], help="learning-rate schedule"
+    )
+    p.add_argument("--alpha", type=float, default=None, help="fast AT's FGSM step (default 1.25 eps)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--n-train", type=int, default=None, help="first n training examples (default all)")
     p.add_argument("--n-eval", type=int, default=397)
@@ -109,7 +113,7 @@ def hook_for(name: str, args: argparse.Namespace) -> LossHook | None:
     if name == "trades":
         return trades(eps=args.eps, steps=args.train_steps, step_size=args.train_step_size, beta=args.beta)
     if name == "fast":
-        return fast_adversarial_training(eps=args.eps)
+        return fast_adversarial_training(eps=args.eps, alpha=args.alpha)
     return None
 
 
@@ -145,7 +149,12 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     train_set, test, arch_config = load(args)
     device = torch.device(args.device)
     config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=str(device)
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=str(device),
+        schedule=args.schedule,
     )
     torch.manual_seed(args.seed)
     model = zoo.build(args.arch, **arch_config)

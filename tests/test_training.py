@@ -127,6 +127,37 @@ def test_resume_equals_uninterrupted_run(small: Dataset, tmp_path: Path, optimiz
     assert again.train_loss == resumed.train_loss
 
 
+def test_cyclic_schedule_rises_to_lr_and_falls_to_zero() -> None:
+    config = TrainConfig(lr=0.1, schedule="cyclic")
+    rates = [config.lr_at(step, 100) for step in range(101)]
+    assert rates[0] == rates[100] == 0.0
+    assert max(rates) == rates[40] == pytest.approx(0.1)
+    assert rates[20] == rates[70] == pytest.approx(0.05)
+    assert TrainConfig(lr=0.1).lr_at(57, 100) == 0.1
+    with pytest.raises(ValidationError, match="schedule"):
+        TrainConfig(schedule="cosine")
+
+
+def test_cyclic_run_stopped_and_resumed_equals_uninterrupted(small: Dataset, tmp_path: Path) -> None:
+    config = TrainConfig(epochs=3, batch_size=32, lr=0.01, seed=1, schedule="cyclic")
+    straight = _small_cnn(dropout=0.3)
+    full = train(straight, small, config=config, progress=False)
+    stopped = _small_cnn(dropout=0.3)
+    train(stopped, small, config=config, checkpoint_dir=tmp_path, progress=False, on_epoch=lambda s, m: True)
+    resumed_model = _small_cnn(seed=99, dropout=0.3)
+    resumed = train(resumed_model, small, config=config, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.resumed_from == 1
+    assert _same(_weights(straight), _weights(resumed_model))
+    assert resumed.train_loss == pytest.approx(full.train_loss)
+    with pytest.raises(ValidationError, match=r"epochs: .*cyclic learning rate"):
+        train(
+            _small_cnn(),
+            small,
+            config=TrainConfig(**{**config.to_dict(), "epochs": 4}),
+            checkpoint_dir=tmp_path,
+        )
+
+
 def test_resume_refuses_changed_config(small: Dataset, tmp_path: Path) -> None:
     train(
         _small_cnn(),

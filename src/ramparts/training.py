@@ -66,11 +66,16 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 _CHECKPOINT = re.compile(r"^epoch-(\d+)\.state\.pt$")
 # Config fields that may change between a run and its resumption.
 _RESUMABLE_CHANGES = frozenset({"epochs", "device"})
+SCHEDULES = ("constant", "cyclic")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of :func:`train`; ``momentum`` is for SGD only; ``device="auto"`` prefers CUDA.
+
+    ``schedule``: ``"constant"`` keeps ``lr``; ``"cyclic"`` moves it per batch linearly from 0 up to ``lr``
+    at 40% of all steps and back to 0 at the end (Smith 2017's triangular cycle, as Wong et al. 2020 train
+    fast adversarial training). The rate is a function of the step alone, so resuming needs no extra state.
 
     ``dp``: train with DP-SGD through Opacus (see :class:`~ramparts.protection.dp.DPConfig`, or its
     ``to_dict()``); None trains without privacy.
@@ -84,6 +89,7 @@ class TrainConfig:
     momentum: float = 0.9
     seed: int = 0
     device: str = "auto"
+    schedule: str = "constant"
     dp: DPConfig | None = None
 
     def __post_init__(self) -> None:
@@ -103,6 +109,8 @@ class TrainConfig:
             raise invalid("momentum", self.momentum, "a value in [0, 1)")
         if self.optimizer not in OPTIMIZERS:
             raise unknown("optimizer", self.optimizer, OPTIMIZERS)
+        if self.schedule not in SCHEDULES:
+            raise unknown("schedule", self.schedule, SCHEDULES)
         if self.device != "auto":
             try:
                 torch.device(self.device)
@@ -122,6 +130,15 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-ready dict."""
         return dataclasses.asdict(self)
+
+    def lr_at(self, step: int, total: int) -> float:
+        """The learning rate of batch ``step`` (0-based) of a run of ``total`` batches."""
+        if self.schedule == "constant":
+            return self.lr
+        peak = 0.4 * total
+        if step < peak:
+            return self.lr * step / peak
+        return self.lr * max(total - step, 0) / (total - peak)
 
 
 @dataclass(frozen=True)
@@ -329,12 +346,27 @@ def _run_epochs(
         for epoch in range(report.resumed_from + 1, config.epochs + 1):
             bar.update(task, description=f"epoch {epoch}/{config.epochs}")
             start = time.perf_counter()
+            first = (epoch - 1) * steps_per_epoch
+            opt = optimizer if private is None else private.optimizer
+
+            def set_lr(b: int, first: int = first, opt: torch.optim.Optimizer = opt) -> None:
+                for group in opt.param_groups:
+                    group["lr"] = config.lr_at(first + b, steps_per_epoch * config.epochs)
+
             if private is None:
                 loss = _train_epoch(
-                    model, x, targets, optimizer, shuffle, config.batch_size, hook, lambda: bar.advance(task)
+                    model,
+                    x,
+                    targets,
+                    optimizer,
+                    shuffle,
+                    config.batch_size,
+                    hook,
+                    lambda: bar.advance(task),
+                    set_lr,
                 )
             else:
-                loss = _train_epoch_private(private, hook, lambda: bar.advance(task))
+                loss = _train_epoch_private(private, hook, lambda: bar.advance(task), set_lr)
             stats = EpochStats(
                 epoch=epoch,
                 train_loss=loss,
@@ -425,14 +457,19 @@ def _train_epoch(
     batch_size: int,
     hook: LossHook,
     on_step: Callable[[], None],
+    set_lr: Callable[[int], None],
 ) -> float:
-    """One pass over (x, y) in a fresh shuffled order; returns the mean batch loss weighted by batch size."""
+    """One pass over (x, y) in a fresh shuffled order; returns the mean batch loss weighted by batch size.
+
+    ``set_lr(b)`` runs before batch ``b`` of the epoch (the learning-rate schedule).
+    """
     model.train()
     n = x.shape[0]
     order = torch.randperm(n, generator=shuffle).to(x.device)
     total = torch.zeros((), device=x.device)
-    for i in range(0, n, batch_size):
+    for b, i in enumerate(range(0, n, batch_size)):
         idx = order[i : i + batch_size]
+        set_lr(b)
         optimizer.zero_grad(set_to_none=True)
         loss = _checked_loss(hook(model, x[idx], y[idx]))
         loss.backward()
@@ -442,7 +479,9 @@ def _train_epoch(
     return _finite_mean(float(total) / n, optimizer)
 
 
-def _train_epoch_private(private: PrivateRun, hook: LossHook, on_step: Callable[[], None]) -> float:
+def _train_epoch_private(
+    private: PrivateRun, hook: LossHook, on_step: Callable[[], None], set_lr: Callable[[int], None]
+) -> float:
     """One DP-SGD epoch over Opacus' Poisson-sampled batches; returns the mean loss over the examples seen.
 
     A Poisson batch may be empty: it still takes its (pure-noise) step, which the accountant counts.
@@ -451,7 +490,8 @@ def _train_epoch_private(private: PrivateRun, hook: LossHook, on_step: Callable[
     device = next(iter(private.optimizer.params)).device
     total = torch.zeros((), device=device)
     seen = 0
-    for xb, tb, _ in private.loader:
+    for b, (xb, tb, _) in enumerate(private.loader):
+        set_lr(b)
         private.optimizer.zero_grad(set_to_none=True)
         loss = _checked_loss(hook(private.module, xb, tb))
         with warnings.catch_warnings():  # Opacus' hook on the first layer, whose input needs no gradient
@@ -624,6 +664,14 @@ def _resume(
             {k: current[k] for k in changed},
             f"the values the checkpoint in {folder} was trained with: {was}",
             "use the original config, or a fresh checkpoint_dir",
+        )
+    if config.schedule != "constant" and saved.get("epochs") != config.epochs:
+        raise invalid(
+            "epochs",
+            config.epochs,
+            f"{saved.get('epochs')}, the epochs of the checkpoint in {folder}: a {config.schedule} "
+            "learning rate is laid over all epochs, so changing them would break the schedule",
+            "keep the original epochs, or use a fresh checkpoint_dir",
         )
     if epoch > config.epochs:
         raise invalid(

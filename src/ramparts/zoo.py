@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = "ramparts-model"
 MODEL_FORMAT_VERSION = 1
+# A defended model's folder (``ramparts.defenses.persist``): ``load_model`` hands it over by this format name.
+DEFENDED_FORMAT = "ramparts-defended"
 
 
 def _check_dropout(value: float) -> float:
@@ -351,7 +353,8 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
 
     ``path`` is the prefix, the ``.json``, the ``.safetensors`` or a ``.pt`` state dict (read with
     ``torch.load(weights_only=True)``) next to a ``.json`` of the same prefix, or a folder holding
-    ``model.*``.
+    ``model.*``. A folder written by :func:`ramparts.defenses.persist.save_defended` (its ``model.json``
+    has the format ``DEFENDED_FORMAT``) loads as the whole ``DefendedModel``, not its bare classifier.
     """
     given = Path(path)
     prefix = _prefix(given)
@@ -372,6 +375,10 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise invalid("path", str(meta_file), "a JSON model description", f"fix the file ({exc})") from exc
+    if isinstance(meta, dict) and meta.get("format") == DEFENDED_FORMAT:
+        from ramparts.defenses.persist import load_defended
+
+        return load_defended(meta_file)
     if not isinstance(meta, dict) or not isinstance(meta.get("arch"), str):
         raise invalid("path", str(meta_file), "a JSON object with an 'arch' name and a 'config' object")
     config = meta.setdefault("config", {})

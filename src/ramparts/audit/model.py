@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from ramparts import zoo
 from ramparts.data import Dataset, load_digits, train_test_split
+from ramparts.defenses.base import DefendedModel
+from ramparts.defenses.persist import save_defended
 from ramparts.errors import RampartsError, RampartsTypeError, invalid
 from ramparts.oracles import Oracle, TorchOracle
 from ramparts.training import TrainConfig, train
@@ -133,20 +137,44 @@ def _compute(device: torch.device) -> dict[str, Any]:
 def save_model(
     model: Any, info: Mapping[str, Any], data: Mapping[str, Any], bounds: tuple[float, float], out: Path
 ) -> None:
-    """The audited model into the run folder: zoo format (safetensors + JSON) when its architecture is known."""
+    """The audited model into the run folder: zoo format (safetensors + JSON) when its architecture is known,
+    a defended model's folder format (``ramparts.defenses.persist``) for a defended one; else the weights."""
     module = model.model if isinstance(model, TorchOracle) else model
     if not isinstance(module, nn.Module):
         return
-    if isinstance(info.get("arch"), str) and isinstance(info.get("config"), dict):
-        extra = {
-            "classes": data["classes"],
-            "dataset": data["name"],
-            "input_shape": data["input_shape"],
-            "bounds": list(bounds),
-        }
+    known = isinstance(info.get("arch"), str) and isinstance(info.get("config"), dict)
+    extra = {
+        "classes": data["classes"],
+        "dataset": data["name"],
+        "input_shape": data["input_shape"],
+        "bounds": list(bounds),
+    }
+    if isinstance(module, DefendedModel):
+        if known:
+            save_defended(module, out, arch=info["arch"], config=info["config"], extra=extra)
+        else:
+            save_shared_weights(module, out / "model.safetensors")
+    elif known:
         zoo.save_model(module, out / "model", arch=info["arch"], config=info["config"], extra=extra)
     else:
         zoo.save_weights(module, out / "model.safetensors")
+
+
+def save_shared_weights(module: nn.Module, path: Path) -> None:
+    """The state dict of a module whose parts share tensors (a defended model's detectors hold its classifier)
+    as safetensors: each shared tensor once, under its first name; the metadata key `aliases` (JSON) maps every
+    other name to it (a defended model whose classifier's architecture is not known to the zoo)."""
+    state: dict[str, torch.Tensor] = {}
+    first: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], str] = {}
+    aliases: dict[str, str] = {}
+    for name, t in module.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        if t.numel() and key in first:
+            aliases[name] = first[key]
+            continue
+        first.setdefault(key, name)
+        state[name] = t.detach().cpu().contiguous().clone()
+    save_file(state, str(path), metadata={"aliases": json.dumps(aliases, sort_keys=True)})
 
 
 def load_trained_model(out: Path, info: Mapping[str, Any]) -> nn.Module | None:

@@ -15,13 +15,17 @@ from ramparts.data import Dataset
 from ramparts.errors import invalid
 from ramparts.report.summary import eps_label
 
+# report.json's format version: 2 added `defense` (the defence section of a defended model).
+REPORT_VERSION = 2
+
 
 @dataclass
 class AuditReport:
     """Everything the audit measured; `to_dict()` is report.json, `arrays` go to adv_examples.npz.
 
     `resumed`: what was reused from an earlier run of the same configuration in the run folder (None:
-    everything was measured by this run).
+    everything was measured by this run). `defense`: the defence section of a `DefendedModel` (None for a
+    plain model); report.json version 2 added it.
     """
 
     config: dict[str, Any]
@@ -43,6 +47,7 @@ class AuditReport:
     theft: dict[str, Any] | None = None
     membership: dict[str, Any] | None = None
     poisoning: dict[str, Any] | None = None
+    defense: dict[str, Any] | None = None
     masking: list[str] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)
@@ -75,7 +80,7 @@ class AuditReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": "ramparts-audit",
-            "version": 1,
+            "version": REPORT_VERSION,
             "headlines": self.headlines,
             "gate": self.gate,
             "config": self.config,
@@ -92,6 +97,7 @@ class AuditReport:
             "theft": self.theft,
             "membership": self.membership,
             "poisoning": self.poisoning,
+            "defense": self.defense,
             "masking_warnings": self.masking,
             "citations": self.citations,
             "timings": self.timings,

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from ramparts.audit import blackbox as bb
+from ramparts.audit import defense as de
 from ramparts.audit import membership as mi
 from ramparts.audit import poisoning as po
 from ramparts.audit import theft as th
@@ -51,7 +52,7 @@ from ramparts.audit.report import AuditReport, describe_data, reference_row, wor
 from ramparts.audit.run_folder import open_run_folder, run_config
 from ramparts.audit.runner import CONFIDENT, AuditRun
 from ramparts.data import Dataset
-from ramparts.errors import invalid
+from ramparts.errors import check_int, invalid
 from ramparts.evasion import ATTACKS
 from ramparts.oracles import Knowledge, Oracle, TorchOracle
 from ramparts.privacy import MEMBERSHIP
@@ -103,6 +104,9 @@ def run_audit(
     theft_seeds: int = th.DEFAULT_THEFT_SEEDS,
     membership_shadows: int = mi.DEFAULT_SHADOWS,
     poisoning_fractions: Sequence[float] | None = po.DEFAULT_FRACTIONS,
+    defense_steps: int = de.DEFAULT_STEPS,
+    defense_eot_samples: int = de.DEFAULT_EOT_SAMPLES,
+    defense_votes: int = de.DEFAULT_VOTES,
 ) -> AuditReport:
     """Audit `model` (default: train `small_cnn` on `train_ds`, default the digits) on `n` test images.
 
@@ -125,6 +129,11 @@ def run_audit(
     training data is known (the default model, or `train_ds` given with `model`, taken as its training set).
     `poisoning_fractions`: poisoned shares of the training set for the poisoning section (None or empty: no
     section); it retrains the default recipe, so it runs where the training data is known, like membership.
+    `defense_steps`: when `model` is a `DefendedModel`, the defence section judges the whole defence at the
+    reference eps with PGD crafted on its bare classifier and with `adaptive_pgd` (BPDA, EOT over
+    `defense_eot_samples` draws for a random defence, the detector term), each of `defense_steps` steps
+    (0: no section); a random defence answers by a majority of `defense_votes` draws. Its random transforms
+    are reseeded from `seed` first, so the audit repeats.
     """
     t_start = time.perf_counter()
     counts = (("n", n, 1), ("seed", seed, 0), ("blackbox_n", blackbox_n, 1), ("theft_seeds", theft_seeds, 1))
@@ -152,11 +161,17 @@ def run_audit(
             "test_ds", None, "a held-out Dataset to attack", "pass test_ds=... (train_ds is optional)."
         )
     oracle = None if model is None else _white_box(model, test_ds)
+    defended = de.defended_model(model, oracle)
+    check_int("defense_steps", defense_steps, 0)
+    if defended is not None:
+        de.reseed_defense(defended, seed)
     identity = {
         "model": model_identity(oracle)
         if oracle is not None
         else training_identity(_trainable(train_ds), epochs=epochs, seed=seed),
         "data": {"test_data_sha256": tensor_digest(test_ds.x, test_ds.y)},
+        # thresholds and settings are not in the state_dict that `model` fingerprints
+        **({"defense": de.describe_defense(defended)} if defended is not None else {}),
     }
     config = run_config(
         checks=checks,
@@ -189,6 +204,18 @@ def run_audit(
         if not fractions or train_ds is None
         else po.poisoning_config(train_ds, fractions, epochs),
     )
+    config["defense"] = (
+        None
+        if defended is None or defense_steps == 0
+        else de.defense_config(
+            defended,
+            ref=ref,
+            steps=defense_steps,
+            eot_samples=defense_eot_samples,
+            votes=defense_votes,
+            bounds=bounds,
+        )
+    )
     out = Path(out_dir) if out_dir is not None else None
     recorded = open_run_folder(out, config, overwrite=overwrite) if out is not None else None
     data = describe_data(train_ds, test_ds)
@@ -199,7 +226,7 @@ def run_audit(
     model_reused = False
 
     with _progress(progress) as bar:
-        one_step = sum(config[key] is not None for key in ("theft", "membership", "poisoning"))
+        one_step = sum(config[key] is not None for key in ("theft", "membership", "poisoning", "defense"))
         steps = len(linf) * len(grid) + len(minimal) + len(black) * len(budgets) + one_step
         task = bar.add_task("audit", total=steps + (model is None) + 1)
         if oracle is None:
@@ -242,6 +269,12 @@ def run_audit(
             run.minimum_norm(check)
             timings[f"{check.key}_s"] = time.perf_counter() - t0
             bar.advance(task)
+        guarded = None
+        if config["defense"] is not None and defended is not None:
+            t0 = time.perf_counter()
+            guarded = de.defense_section(run, defended, config["defense"])
+            timings["defense_s"] = time.perf_counter() - t0
+            bar.advance(task)
         sections: dict[str, dict[str, Any]] = {}
         for bcheck in black:
             t0 = time.perf_counter()
@@ -279,7 +312,7 @@ def run_audit(
             {"n": config["blackbox"]["n"], "query_budgets": budgets, "checks": sections} if black else None
         )
         main = next((c for c in linf if c.key == "pgd"), linf[0] if linf else None)
-        masking = masking_checks(run.findings, black_box)
+        masking = masking_checks(run.findings, black_box, guarded)
         report = AuditReport(
             config=config,
             model=info,
@@ -302,6 +335,7 @@ def run_audit(
                 membership=leaks,
                 poisoning=poisoned,
                 masking=masking,
+                defense=guarded,
             ),
             citations={
                 **{c.label: attack_citation(ATTACKS.get(c.attack)) for c in checks},
@@ -317,6 +351,7 @@ def run_audit(
                     else {}
                 ),
                 **(po.citations(poisoned) if poisoned else {}),
+                **(de.citations(defended) if guarded and defended is not None else {}),
             },
             timings=timings,
             environment=collect_environment(),
@@ -334,14 +369,16 @@ def run_audit(
             membership=leaks,
             poisoning=poisoned,
             masking=masking,
+            defense=guarded,
         )
         if fail_under is not None:
-            acc = reference["robust_accuracy"]
+            acc, source = de.gated_accuracy(reference["robust_accuracy"], guarded)
             passed = acc is not None and acc >= fail_under
             report.gate = {
                 "fail_under": float(fail_under),
                 "eps": ref,
                 "robust_accuracy": acc,
+                "source": source,
                 "passed": passed,
             }
         examples = run.examples(main) if main is not None else []

@@ -29,6 +29,10 @@ RUN_FILES: tuple[str, ...] = (
     "adv_examples.npz",
     "model.json",
     "model.safetensors",
+    "classifier.json",  # a defended model's folder (ramparts.defenses.persist)
+    "classifier.safetensors",
+    "defense.safetensors",
+    "defense.json",  # the defence section's record
     "report.html",
     "report.json",
 )

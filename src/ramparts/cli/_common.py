@@ -26,7 +26,7 @@ ModelOption = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model saved by `ramparts train` (folder, .json or .safetensors). "
+        help="Model saved by `ramparts train` or `ramparts harden` (folder, .json or .safetensors). "
         "Default: train small_cnn on the data first (a few seconds on digits).",
     ),
 ]
@@ -161,6 +161,11 @@ def load_target(
         }
         if "test_accuracy" in extra:
             info["test_accuracy_at_training"] = extra["test_accuracy"]
+        if isinstance(meta.get("defense"), dict):
+            info["defense"] = {
+                part: [entry["class"] for entry in meta["defense"][part]]
+                for part in ("transforms", "detectors")
+            }
     else:
         spec = data or "digits"
         train_ds, test_ds = load_splits(spec)

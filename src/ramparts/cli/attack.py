@@ -236,8 +236,10 @@ def attack_command(
             oracle, x, y, threat, targets=targets, seed=seed, max_queries=max_queries, progress=display
         )
     summary = result.summary()
+    defense = _defense_verdict(loaded.get("model"), x, result.x_adv, y)
     payload = {
         **summary,
+        **({"defense": defense} if defense is not None else {}),
         "threat_description": threat.describe(),
         "knowledge": oracle.knowledge.name.lower(),
         "queries": {
@@ -288,9 +290,42 @@ def attack_command(
     if result.budget_exhausted:
         table.add_row("budget", "exhausted (best kept)")
     table.add_row("time", f"{result.elapsed_s:.2f} s")
+    if defense is not None:
+        table.add_row(
+            "detectors reject: clean / adversarial",
+            f"{100 * defense['rejected_clean']:.1f}% / {100 * defense['rejected_adversarial']:.1f}%",
+        )
+        table.add_row("robust accuracy, whole defence", f"{100 * defense['robust_accuracy']:.1f}%")
     out.print(table)
+    if defense is not None:
+        err.print(
+            "[yellow]This attack does not adapt to the defence (it ignores the detectors and differentiates "
+            "through the transforms as they are); judge it with `ramparts harden` or `ramparts audit`, "
+            "which run the adaptive attack.[/]"
+        )
     if out_dir is not None:
         out.print(escape(f"Wrote {out_dir / 'result.json'} and {out_dir / 'adv_examples.npz'}"))
+
+
+def _defense_verdict(model: Any, x: Any, x_adv: Any, y: Any) -> dict[str, float] | None:
+    """For a defended model: the detectors' verdicts on clean and adversarial inputs, and robust accuracy of
+    the whole defence (an input counts as robust if rightly classified or rejected); None for other models."""
+    import torch
+
+    from ramparts.defenses.adaptive import defense_outcome
+    from ramparts.defenses.base import DefendedModel
+
+    if not isinstance(model, DefendedModel):
+        return None
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        clean_rejected = model.rejects(x.to(device)).float().mean()
+        fooled, rejected, _ = defense_outcome(model, x_adv.to(device), y.to(device))
+    return {
+        "rejected_clean": float(clean_rejected),
+        "rejected_adversarial": float(rejected.float().mean()),
+        "robust_accuracy": 1.0 - float(fooled.float().mean()),
+    }
 
 
 def _load_remote(spec: str, config: Path | None, data: str | None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from ramparts.defenses.adversarial_training import fast_adversarial_training, pg
 from ramparts.defenses.base import DefendedModel
 from ramparts.defenses.distillation import distill
 from ramparts.defenses.magnet import magnet
+from ramparts.defenses.persist import save_defended
 from ramparts.defenses.smoothing import gaussian_noise_training
 from ramparts.defenses.squeezing import feature_squeezing
 from ramparts.errors import invalid
@@ -58,6 +59,27 @@ def _robust(model: nn.Module, test: Dataset, eps: float, steps: int, seed: int) 
     return rows
 
 
+def _extra(
+    data: str,
+    train_ds: Dataset,
+    clean: float,
+    defense: str,
+    eps: float,
+    steps: int,
+    sigma: float,
+    temperature: float,
+) -> dict[str, Any]:
+    """The metadata saved with a hardened model: what `attack`, `audit` and the oracle loader read back."""
+    return {
+        "dataset": data,
+        "classes": list(train_ds.classes),
+        "input_shape": list(train_ds.input_shape),
+        "bounds": [0.0, 1.0],
+        "defense": {"name": defense, "eps": eps, "steps": steps, "sigma": sigma, "temperature": temperature},
+        "test_accuracy": clean,
+    }
+
+
 def _curves(rows: dict[str, float]) -> dict[str, dict[float, float]]:
     curves: dict[str, dict[float, float]] = {}
     for key, value in rows.items():
@@ -92,7 +114,9 @@ def harden_command(
     out_dir: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", help="Folder for the hardened model (trained defences) and results.json."
+            "--out",
+            "-o",
+            help="Folder for the hardened model (a zoo model, or the whole wrapped defence) and results.json.",
         ),
     ] = None,
     json_output: Annotated[
@@ -101,7 +125,8 @@ def harden_command(
 ) -> None:
     """Train ARCH with a defence (pgd, trades, fast, noise, distill) or wrap a plainly trained one in a detector
     (magnet, squeeze); judge it against the plain model with FGSM, PGD and APGD-DLR, and wrapped defences with
-    the adaptive attack through the whole defence."""
+    the adaptive attack through the whole defence. With --out, the hardened model is saved there (a wrapped
+    defence as a whole: classifier, detectors and reformer), ready for `ramparts attack --model`."""
     if defense not in DEFENSES:
         raise invalid("--defense", defense, f"one of {', '.join(DEFENSES)}")
     if arch not in ARCHITECTURES:
@@ -155,20 +180,9 @@ def harden_command(
         summary["warnings"] = masking_warnings(_curves(rows), unbounded=None)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-            extra = {
-                "dataset": data,
-                "classes": list(train_ds.classes),
-                "input_shape": list(train_ds.input_shape),
-                "bounds": [0.0, 1.0],
-                "defense": {
-                    "name": defense,
-                    "eps": eps,
-                    "steps": steps,
-                    "sigma": sigma,
-                    "temperature": temperature,
-                },
-                "test_accuracy": summary["hardened"]["clean"],
-            }
+            extra = _extra(
+                data, train_ds, summary["hardened"]["clean"], defense, eps, steps, sigma, temperature
+            )
             summary["model"] = str(save_model(hardened, out_dir, arch=arch, config=arch_config, extra=extra))
     else:
         say(f"Wrapping the plain model in {defense}...")
@@ -200,12 +214,19 @@ def harden_command(
             defended, test_dev.x, test_dev.y, eps=eps, steps=max(steps, 50), detector_weight=10.0, seed=seed
         )
         summary["hardened"] = {
+            "clean": evaluate(defended, test_dev),
             "clean_fpr": float(defended.rejects(test_dev.x).float().mean()),
             "train_s": time.perf_counter() - t0,
             "non_adaptive_pgd_robust": 1.0 - float(fooled.float().mean()),
             "adaptive_pgd": adaptive.summary(),
         }
         summary["warnings"] = []
+        if out_dir is not None:
+            extra = _extra(
+                data, train_ds, summary["hardened"]["clean"], defense, eps, steps, sigma, temperature
+            )
+            saved = save_defended(defended, out_dir, arch=arch, config=arch_config, extra=extra)
+            summary["model"] = str(saved.parent)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

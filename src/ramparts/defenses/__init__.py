@@ -42,6 +42,7 @@ from ramparts.defenses.magnet import (
     magnet,
     train_autoencoder,
 )
+from ramparts.defenses.persist import DefenseFileError, load_defended, save_defended
 from ramparts.defenses.prada import Alarm, ExtractionBlocked, GuardedOracle, Prada
 from ramparts.defenses.sanitization import SphereSlab, centroids, fit_sphere_slab, sphere_slab
 from ramparts.defenses.smoothing import (
@@ -66,6 +67,7 @@ __all__ = [
     "BitDepth",
     "CertifiedBound",
     "DefendedModel",
+    "DefenseFileError",
     "DetectionResult",
     "Detector",
     "Distilled",
@@ -107,9 +109,11 @@ __all__ = [
     "gaussian_noise_training",
     "harden",
     "layer_features",
+    "load_defended",
     "magnet",
     "masking_warnings",
     "pgd_training",
+    "save_defended",
     "spectral_signatures",
     "sphere_slab",
     "threshold_at_fpr",

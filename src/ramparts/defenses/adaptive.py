@@ -145,12 +145,15 @@ def adaptive_pgd(
     votes: int = 1,
     bounds: tuple[float, float] = (0.0, 1.0),
     seed: int = 0,
+    bpda_detectors: bool = True,
 ) -> AdaptiveResult:
     """PGD-linf against the whole defence (BPDA + EOT + detectors, Athalye et al. 2018; Carlini & Wagner
     2017): maximise the classifier's margin loss on the true label minus ``detector_weight`` times each
     detector's score above its threshold (in units of that detector's threshold), from a random start,
     keeping per input the first point that fools the defence; ``restarts`` fresh starts for the rest. A
-    randomised defence answers by a majority of ``votes`` draws (the same for every attack compared)."""
+    randomised defence answers by a majority of ``votes`` draws (the same for every attack compared).
+    Detectors are differentiated through their :meth:`~Detector.attack_view` (BPDA around their own
+    non-differentiable parts); ``bpda_detectors=False`` uses them as they are, to measure what that adds."""
     if not isinstance(eps, int | float) or isinstance(eps, bool) or not eps > 0:
         raise invalid("eps", eps, "a perturbation budget > 0")
     check_int("steps", steps, 1)
@@ -164,17 +167,21 @@ def adaptive_pgd(
     device = x.device
     model = adaptive_model(defended, eot_samples=eot_samples)
     detectors = [cast(Detector, d) for d in defended.detectors]
+    if bpda_detectors:
+        detectors = [d.attack_view() for d in detectors]
     gen = torch.Generator(device=device).manual_seed(seed)
     best = x.clone()
     fooled, rejected, correct = defense_outcome(defended, best, y, votes=votes)
     for _ in range(restarts):
-        idx = torch.nonzero(~fooled).flatten()
+        idx = torch.nonzero(~fooled).flatten()  # the active set: inputs not yet fooled, shrinking each step
         if idx.numel() == 0:
             break
         x0, y0 = x[idx], y[idx]
         noise = (torch.rand(x0.shape, generator=gen, device=device) * 2 - 1) * eps
         adv = (x0 + noise).clamp(lo, hi)
         for _ in range(steps):
+            if idx.numel() == 0:
+                break
             adv = adv.detach().requires_grad_(True)
             logits = model(adv)
             true = logits.gather(1, y0[:, None]).squeeze(1)
@@ -190,11 +197,10 @@ def adaptive_pgd(
                 adv = adv + alpha * grad.sign()
                 adv = torch.min(torch.max(adv, x0 - eps), x0 + eps).clamp(lo, hi)
                 f, r, c = defense_outcome(defended, adv, y0, votes=votes)
-                new = f & ~fooled[idx]  # keep the first point that fools the defence
-                best[idx[new]] = adv[new]
-                fooled[idx[new]], rejected[idx[new]], correct[idx[new]] = True, r[new], c[new]
-                still = ~fooled[idx]
-                rejected[idx[still]], correct[idx[still]] = r[still], c[still]
+                best[idx[f]] = adv[f]  # the first point that fools the defence is kept
+                fooled[idx], rejected[idx], correct[idx] = f, r, c
+                keep = ~f
+                idx, x0, y0, adv = idx[keep], x0[keep], y0[keep], adv[keep]
     config = {
         "eps": float(eps),
         "steps": steps,
@@ -203,7 +209,9 @@ def adaptive_pgd(
         "detector_weight": detector_weight,
         "restarts": restarts,
         "votes": votes,
-        "bpda": [type(t).__name__ for t in defended.transforms if not cast(Transform, t).differentiable],
+        "bpda_detectors": bpda_detectors,
+        "bpda": [type(t).__name__ for t in defended.transforms if not cast(Transform, t).differentiable]
+        + [type(t.transform).__name__ for d in detectors for t in d.modules() if isinstance(t, BPDA)],
         "seed": seed,
     }
     return AdaptiveResult(best.detach(), fooled, rejected, correct, config)

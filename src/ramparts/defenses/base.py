@@ -38,6 +38,11 @@ class Detector(nn.Module, ABC):
     def score(self, x: Tensor) -> Tensor:
         """One score per input, shape [N]; differentiable where the detector is."""
 
+    def attack_view(self) -> Detector:
+        """The detector as an adaptive attack differentiates it: the same scores and threshold, with any
+        non-differentiable part replaced by a gradient approximation (BPDA). Default: the detector itself."""
+        return self
+
     def calibrate(self, clean: Tensor, fpr: float) -> float:
         """Set and return the threshold that flags a share ``fpr`` of the ``clean`` inputs."""
         with torch.no_grad():

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ramparts.data import Dataset
+from ramparts.defenses.adaptive import BPDA
 from ramparts.defenses.base import DefendedModel, Detector, Transform
 from ramparts.errors import RampartsTypeError, check_int, invalid
 
@@ -86,6 +87,14 @@ class SqueezeDetector(Detector):
                 raise invalid(f"squeezers[{i}]", type(s).__name__, "a Transform", cls=RampartsTypeError)
         self.classifier = classifier
         self.squeezers = nn.ModuleList(squeezers)
+
+    def attack_view(self) -> SqueezeDetector:
+        """The same detector with each non-differentiable squeezer (bit depth, median) behind BPDA, so an
+        adaptive attack gets gradients through every branch (Athalye et al. 2018); the threshold is kept."""
+        squeezers = [s if s.differentiable else BPDA(s) for s in self.squeezers if isinstance(s, Transform)]
+        view = SqueezeDetector(self.classifier, squeezers)
+        view.threshold = self.threshold
+        return view
 
     def score(self, x: Tensor) -> Tensor:
         p = F.softmax(self.classifier(x), dim=1)

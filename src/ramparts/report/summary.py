@@ -46,6 +46,7 @@ def headlines(
     membership: Mapping[str, Any] | None = None,
     poisoning: Mapping[str, Any] | None = None,
     masking: Sequence[str] = (),
+    defense: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The summary sentences: clean accuracy, the main attack at the reference eps, where accuracy
     halves and collapses, and the minimum-norm attacks' median distance.
@@ -53,6 +54,8 @@ def headlines(
     `linf_labels`: check key -> label of the fixed-budget attacks; `main`: the key to name first.
     """
     lines = [f"Clean accuracy on {n} held-out images: {pct(clean)}."]
+    if defense:
+        lines.append(defense_headline(defense))
     by_check = reference.get("by_check", {})
     if main is not None and main in by_check:
         text = (
@@ -100,6 +103,26 @@ def headlines(
     if masking:
         lines.append(f"Gradient-masking check: {len(masking)} warning(s); first: {masking[0]}.")
     return lines
+
+
+def defense_headline(section: Mapping[str, Any]) -> str:
+    """One sentence: what the defence is, its robust accuracy under the adaptive attack (the headline), the
+    non-adaptive number next to it, and its clean cost."""
+    d = section["defense"]
+    parts = ", ".join(p["name"] for p in [*d["transforms"], *d["detectors"]]) or "no transform or detector"
+    clean, transfer = section["clean"], section["transfer"]
+    detected = transfer.get("detection_rate")
+    text = (
+        f"Defence ({parts}): under the adaptive attack at eps={section['eps_label']} the whole defence keeps "
+        f"{pct(section['robust_accuracy'])} of the images (rightly classified or rejected); judged with PGD "
+        f"crafted on the bare classifier it would seem to keep {pct(transfer['robust_accuracy'])}"
+    )
+    if detected is not None:
+        text += f" ({pct(detected)} of those examples detected)"
+    return text + (
+        f". Clean cost: accuracy {pct(clean['classifier_accuracy'])} (classifier alone) -> "
+        f"{pct(clean['defended_accuracy'])} (defended), {pct(clean['rejected'])} of clean inputs rejected."
+    )
 
 
 def poisoning_headline(section: Mapping[str, Any]) -> str:

@@ -301,7 +301,7 @@ def test_interrupted_audit_resumes_to_the_same_report(
     resumed = run_audit(digits_model.model, None, held_out, out_dir=tmp_path, **KWARGS)
     assert "fgsm" not in calls, "FGSM's measurements are reused"
     assert calls.count("cw") == 1
-    assert resumed.resumed == {"measurements_reused": 5, "measurements": 16, "model_reused": False}
+    assert resumed.resumed == {"measurements_reused": 5, "measurements": 17, "model_reused": False}
     _assert_same_run(audit.out_dir, tmp_path)
     assert resumed.findings[4]["summary"] is not None
 
@@ -325,8 +325,8 @@ def test_resume_reruns_what_metrics_lost_and_rolls_arrays_back(
     assert "fgsm" not in calls
     assert calls.count("cw") == 1
     assert resumed.resumed is not None
-    assert resumed.resumed["measurements_reused"] == 6 + 2 * len(BUDGETS) + 1, (
-        "the black-box and theft steps too"
+    assert resumed.resumed["measurements_reused"] == 6 + 2 * len(BUDGETS) + 2, (
+        "the black-box, theft and encryption steps too"
     )
     _assert_same_run(audit.out_dir, folder)
 
@@ -388,7 +388,7 @@ def test_default_model_is_reused_on_resume(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(ramparts.audit.run, "train_default_model", no_training)
     again = run_audit(out_dir=tmp_path / "b", **kwargs)
-    assert again.resumed == {"measurements_reused": 4, "measurements": 4, "model_reused": True}
+    assert again.resumed == {"measurements_reused": 5, "measurements": 5, "model_reused": True}
     assert again.membership == first.membership, "the membership section is reused too"
     assert again.poisoning == first.poisoning, "and the poisoning section"
     assert again.model == first.model

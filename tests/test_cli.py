@@ -184,9 +184,11 @@ def test_audit_cli_resumes_the_same_run_and_refuses_another(model_dir: Path, tmp
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert "Resumed" in again.output
-    assert "reused 5 of 5 measurements" in again.output  # FGSM at 2 eps, theft, membership, poisoning
+    assert (
+        "reused 6 of 6 measurements" in again.output
+    )  # FGSM at 2 eps, theft, membership, poisoning, encryption
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["resumed"]["measurements_reused"] == 5
+    assert report["resumed"]["measurements_reused"] == 6
     robust = [f["robust_accuracy"] for f in report["evasion"]["findings"]]
     assert robust == [f["robust_accuracy"] for f in json.loads(first.stdout)["evasion"]["findings"]]
 

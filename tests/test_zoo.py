@@ -29,7 +29,14 @@ def _model(arch: str = "small_cnn", **extra: object) -> tuple[nn.Module, dict[st
 
 
 def test_registry_names() -> None:
-    assert set(zoo.ARCHITECTURES) == {"mlp", "lenet5", "carlini_cnn", "small_cnn", "resnet18"}
+    assert set(zoo.ARCHITECTURES) == {
+        "mlp",
+        "lenet5",
+        "carlini_cnn",
+        "small_cnn",
+        "resnet18",
+        "encryptable_cnn",
+    }
 
 
 @pytest.mark.parametrize("arch", sorted(zoo.ARCHITECTURES))

@@ -262,7 +262,47 @@ class ResNet18(nn.Module):
         return self.fc(self.pool(self.layers(self.stem(x))))
 
 
+class EncryptableCNN(nn.Module):
+    """One strided convolution and two dense layers: the shape CKKS inference can compute (issue 8).
+
+    The size of TenSEAL's MNIST tutorial (Benaissa et al., "TenSEAL: A Library for Encrypted Tensor
+    Operations Using Homomorphic Encryption", ICLR 2021 workshop), after CryptoNets (Gilad-Bachrach et al.,
+    ICML 2016): conv ``channels`` x ``kernel`` x ``kernel``, stride ``stride``, no padding -> ReLU -> dense
+    ``hidden`` -> ReLU -> dense. Built with ReLU; ``ramparts.protection.poly.polynomialize`` turns it into
+    the x^2 network that ``compile_model`` encrypts. ``kernel``/``stride`` default to 7/3 for images of 28
+    pixels or more (4 x 8 x 8 = 256 features on MNIST) and 3/1 below (8x8 digits).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        input_size: int,
+        num_classes: int,
+        channels: int = 4,
+        kernel: int | None = None,
+        stride: int | None = None,
+        hidden: int = 64,
+    ) -> None:
+        super().__init__()
+        _check_io(in_channels, input_size, num_classes)
+        large = input_size >= 28
+        k = kernel if kernel is not None else (7 if large else 3)
+        st = stride if stride is not None else (3 if large else 1)
+        for name, value in (("channels", channels), ("kernel", k), ("stride", st), ("hidden", hidden)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise invalid(name, value, "an integer >= 1")
+        self.features = nn.Sequential(nn.Conv2d(in_channels, channels, k, stride=st), nn.ReLU(), nn.Flatten())
+        flat = _flat_features(self.features, in_channels, input_size, "encryptable_cnn")
+        self.classifier = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch ``[N, C, H, W]``."""
+        return self.classifier(self.features(x))
+
+
 ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "encryptable_cnn": EncryptableCNN,
     "mlp": MLP,
     "lenet5": LeNet5,
     "carlini_cnn": CarliniCNN,

@@ -16,7 +16,7 @@ from ramparts.errors import invalid
 from ramparts.report.summary import eps_label
 
 # report.json's format version: 2 added `defense` (the defence section of a defended model).
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 
 
 @dataclass
@@ -48,6 +48,7 @@ class AuditReport:
     membership: dict[str, Any] | None = None
     poisoning: dict[str, Any] | None = None
     defense: dict[str, Any] | None = None
+    encryption: dict[str, Any] | None = None
     masking: list[str] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)
@@ -98,6 +99,7 @@ class AuditReport:
             "membership": self.membership,
             "poisoning": self.poisoning,
             "defense": self.defense,
+            "encryption": self.encryption,
             "masking_warnings": self.masking,
             "citations": self.citations,
             "timings": self.timings,

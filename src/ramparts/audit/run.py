@@ -15,6 +15,7 @@ from torch import nn
 
 from ramparts.audit import blackbox as bb
 from ramparts.audit import defense as de
+from ramparts.audit import encryption as en
 from ramparts.audit import membership as mi
 from ramparts.audit import poisoning as po
 from ramparts.audit import theft as th
@@ -52,7 +53,7 @@ from ramparts.audit.report import AuditReport, describe_data, reference_row, wor
 from ramparts.audit.run_folder import open_run_folder, run_config
 from ramparts.audit.runner import CONFIDENT, AuditRun
 from ramparts.data import Dataset
-from ramparts.errors import check_int, invalid
+from ramparts.errors import RampartsTypeError, check_int, invalid
 from ramparts.evasion import ATTACKS
 from ramparts.oracles import Knowledge, Oracle, TorchOracle
 from ramparts.privacy import MEMBERSHIP
@@ -104,6 +105,8 @@ def run_audit(
     theft_seeds: int = th.DEFAULT_THEFT_SEEDS,
     membership_shadows: int = mi.DEFAULT_SHADOWS,
     poisoning_fractions: Sequence[float] | None = po.DEFAULT_FRACTIONS,
+    encryption: bool = True,
+    encryption_queries: int = en.DEFAULT_QUERIES,
     defense_steps: int = de.DEFAULT_STEPS,
     defense_eot_samples: int = de.DEFAULT_EOT_SAMPLES,
     defense_votes: int = de.DEFAULT_VOTES,
@@ -127,6 +130,9 @@ def run_audit(
     FGSM crafted on it transferred to the model at the reference eps and a larger one.
     `membership_shadows`: shadow models of the membership section (0: no section); it runs where the
     training data is known (the default model, or `train_ds` given with `model`, taken as its training set).
+    `encryption`: the encryption section (can the model run on CKKS-encrypted inputs, at what cost; an
+    encryptable x^2 twin is trained where the training data is known and the model is not encryptable as it
+    is), with `encryption_queries` single encrypted queries timed besides the batch of audited images.
     `poisoning_fractions`: poisoned shares of the training set for the poisoning section (None or empty: no
     section); it retrains the default recipe, so it runs where the training data is known, like membership.
     `defense_steps`: when `model` is a `DefendedModel`, the defence section judges the whole defence at the
@@ -204,6 +210,15 @@ def run_audit(
         if not fractions or train_ds is None
         else po.poisoning_config(train_ds, fractions, epochs),
     )
+    if not isinstance(encryption, bool):
+        raise invalid("encryption", encryption, "True or False", cls=RampartsTypeError)
+    config["encryption"] = (
+        en.encryption_config(
+            tuple(test_ds.input_shape), twin=train_ds is not None, epochs=epochs, queries=encryption_queries
+        )
+        if encryption
+        else None
+    )
     config["defense"] = (
         None
         if defended is None or defense_steps == 0
@@ -226,7 +241,9 @@ def run_audit(
     model_reused = False
 
     with _progress(progress) as bar:
-        one_step = sum(config[key] is not None for key in ("theft", "membership", "poisoning", "defense"))
+        one_step = sum(
+            config[key] is not None for key in ("theft", "membership", "poisoning", "defense", "encryption")
+        )
         steps = len(linf) * len(grid) + len(minimal) + len(black) * len(budgets) + one_step
         task = bar.add_task("audit", total=steps + (model is None) + 1)
         if oracle is None:
@@ -301,6 +318,12 @@ def run_audit(
             poisoned = po.poisoning_section(run, train_ds, test_ds, config["poisoning"])
             timings["poisoning_s"] = time.perf_counter() - t0
             bar.advance(task)
+        encrypted = None
+        if config["encryption"] is not None and torch_module is not None:
+            t0 = time.perf_counter()
+            encrypted = en.encryption_section(run, torch_module, train_ds, test_ds, config["encryption"])
+            timings["encryption_s"] = time.perf_counter() - t0
+            bar.advance(task)
 
         bar.update(task, description="report")
         t0 = time.perf_counter()
@@ -334,6 +357,7 @@ def run_audit(
                 theft=stolen,
                 membership=leaks,
                 poisoning=poisoned,
+                encryption=encrypted,
                 masking=masking,
                 defense=guarded,
             ),
@@ -351,6 +375,7 @@ def run_audit(
                     else {}
                 ),
                 **(po.citations(poisoned) if poisoned else {}),
+                **(en.CITATIONS if encrypted else {}),
                 **(de.citations(defended) if guarded and defended is not None else {}),
             },
             timings=timings,
@@ -370,6 +395,7 @@ def run_audit(
             poisoning=poisoned,
             masking=masking,
             defense=guarded,
+            encryption=encrypted,
         )
         if fail_under is not None:
             acc, source = de.gated_accuracy(reference["robust_accuracy"], guarded)

@@ -322,7 +322,7 @@ class AuditRun:
         write_metrics(self.out, record, arrays)
 
 
-ONE_STEP: tuple[str, ...] = ("theft", "membership", "poisoning")
+ONE_STEP: tuple[str, ...] = ("theft", "membership", "poisoning", "encryption")
 
 
 def _prefix(key: str) -> str:

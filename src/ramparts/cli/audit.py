@@ -133,6 +133,13 @@ def audit_command(
             help="Poisoned shares of the training set for the poisoning section, e.g. 0.01,0.05 (none skips it).",
         ),
     ] = ",".join(f"{f:g}" for f in DEFAULT_POISONING_FRACTIONS),
+    encryption: Annotated[
+        bool,
+        typer.Option(
+            help="The encryption section: can the model run on CKKS-encrypted inputs, at what cost "
+            "(--no-encryption skips it)."
+        ),
+    ] = True,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print report.json on stdout, nothing else.")
     ] = False,
@@ -170,6 +177,7 @@ def audit_command(
             theft_seeds=theft_seeds,
             membership_shadows=membership_shadows,
             poisoning_fractions=_fractions(poisoning_fractions),
+            encryption=encryption,
         )
     except RunFolderMismatchError as exc:
         raise RunFolderMismatchError(

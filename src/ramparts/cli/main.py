@@ -9,6 +9,7 @@ import typer
 from ramparts.cli._common import EXIT_USAGE, err
 from ramparts.cli.attack import attack_command
 from ramparts.cli.audit import audit_command
+from ramparts.cli.encrypt import encrypt_app
 from ramparts.cli.env import env_command
 from ramparts.cli.harden import harden_command
 from ramparts.cli.membership import membership_command
@@ -32,6 +33,7 @@ app.command("membership")(membership_command)
 app.command("poison")(poison_command)
 app.command("shill")(shill_command)
 app.command("harden")(harden_command)
+app.add_typer(encrypt_app, name="encrypt")
 app.command("env")(env_command)
 
 

@@ -45,6 +45,7 @@ def headlines(
     theft: Mapping[str, Any] | None = None,
     membership: Mapping[str, Any] | None = None,
     poisoning: Mapping[str, Any] | None = None,
+    encryption: Mapping[str, Any] | None = None,
     masking: Sequence[str] = (),
     defense: Mapping[str, Any] | None = None,
 ) -> list[str]:
@@ -100,6 +101,8 @@ def headlines(
         lines.append(membership_headline(membership))
     if poisoning:
         lines.append(poisoning_headline(poisoning))
+    if encryption:
+        lines.append(encryption_headline(encryption))
     if masking:
         lines.append(f"Gradient-masking check: {len(masking)} warning(s); first: {masking[0]}.")
     return lines
@@ -213,3 +216,25 @@ def blackbox_headline(blackbox: Mapping[str, Any]) -> str | None:
     if not parts:
         return None
     return "Black-box: " + "; ".join(parts) + "."
+
+
+def encryption_headline(section: Mapping[str, Any]) -> str:
+    """One sentence for the report's summary."""
+    measured = section.get("measured")
+    if measured is None:
+        return "Encryption: the model cannot be evaluated on encrypted inputs as it is " + (
+            "(see the section for the layer to replace)." if not section["as_is"]["encryptable"] else "."
+        )
+    batch, query = measured["batch"], measured["query"]
+    prefix = (
+        "Encryption: the audited model runs on CKKS-encrypted inputs as it is"
+        if section["as_is"]["encryptable"]
+        else (
+            f"Encryption: not as it is (ReLU/max pooling); {measured['model']} costs "
+            f"{100 * section['twin']['cost_vs_audited']:.1f} points of accuracy and runs encrypted"
+        )
+    )
+    return (
+        f"{prefix}: {batch['images_per_s']:.0f} images/s batched, {query['seconds_per_image']:.2f} s per single "
+        f"query, {100 * batch['agreement']:.1f}% agreement with plaintext."
+    )

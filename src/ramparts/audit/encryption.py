@@ -1,0 +1,162 @@
+"""The audit's encryption section: can the audited model be served on CKKS-encrypted inputs, and at what cost.
+
+Dataset protection (issue 8): the client encrypts, the server computes on ciphertexts (CKKS: Cheon, Kim, Kim &
+Song, ASIACRYPT 2017, through TenSEAL), only the client decrypts. The section first tries to compile the audited
+model as it is (`compile_model`: linear layers, one first convolution, average pooling, folded batch norm and
+polynomial activations). A model with ReLU or max pooling is not encryptable as it is; where the audit knows the
+training data it then trains an encryptable twin (CryptoNets' x^2 activations, Gilad-Bachrach et al., ICML 2016)
+with the audit's recipe beside its ReLU version, so the accuracy cost is measured, not guessed. Whatever model can
+be encrypted is then run encrypted on the audited images in both packings: a batch of them in CryptoNets'
+packing (one ciphertext per feature, samples in the slots) and a few single queries (one ciphertext per input):
+agreement with the plaintext model, seconds, bytes per image, and the evaluation keys the server needs. One step
+of the run: recorded in metrics.json under `encryption`, reused on resume when the configuration matches.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ramparts.audit.model import TRAIN_BATCH, TRAIN_LR
+from ramparts.data import Dataset
+from ramparts.errors import check_int
+from ramparts.protection.he_eval import decrypt_outputs, encrypt_inputs, evaluate, plan_for, required_keys
+from ramparts.protection.he_files import key_sizes
+from ramparts.protection.he_model import HEProgram, UnsupportedLayerError, compile_model
+from ramparts.protection.he_params import make_context
+from ramparts.protection.poly import train_encryptable
+from ramparts.training import TrainConfig
+
+if TYPE_CHECKING:
+    from ramparts.audit.runner import AuditRun
+
+DEFAULT_QUERIES = 3
+CITATIONS = {
+    "CKKS": 'Cheon, Kim, Kim & Song, "Homomorphic Encryption for Arithmetic of Approximate Numbers", ASIACRYPT 2017',
+    "CryptoNets": 'Gilad-Bachrach et al., "CryptoNets: Applying Neural Networks to Encrypted Data with High '
+    'Throughput and Accuracy", ICML 2016',
+}
+
+
+def twin_recipe(input_shape: tuple[int, ...], epochs: int) -> dict[str, Any]:
+    """The encryptable twin trained when the audited model cannot be encrypted as it is: the one-convolution
+    CNN of TenSEAL's MNIST tutorial for one-channel images of 28 pixels or more, else an MLP with one hidden
+    layer (32 units up to 16 pixels, as the digits' 64-32-10; 64 above), x^2 activations either way."""
+    c, h = input_shape[0], input_shape[-1]
+    arch, arch_config = (
+        ("encryptable_cnn", {}) if c == 1 and h >= 28 else ("mlp", {"hidden": [32 if h <= 16 else 64]})
+    )
+    return {
+        "arch": arch,
+        "arch_config": arch_config,
+        "activation": "square",
+        "epochs": epochs,
+        "lr": TRAIN_LR,
+        "batch_size": TRAIN_BATCH,
+    }
+
+
+def encryption_config(
+    input_shape: tuple[int, ...], *, twin: bool, epochs: int, queries: int = DEFAULT_QUERIES
+) -> dict[str, Any]:
+    """config.json's `encryption`: what the section's measurements depend on (`twin`: training data known)."""
+    check_int("encryption_queries", queries, 1)
+    return {"queries": queries, "twin": twin_recipe(input_shape, epochs) if twin else None}
+
+
+def encryption_section(
+    run: AuditRun, module: nn.Module, train_ds: Dataset | None, test_ds: Dataset, config: dict[str, Any]
+) -> dict[str, Any]:
+    """Run (or reuse) the encryption measurements; the section of metrics.json and report.json."""
+    return run.one_step("encryption", config, lambda: _measure(run, module, train_ds, test_ds, config))
+
+
+def _measure(
+    run: AuditRun, module: nn.Module, train_ds: Dataset | None, test_ds: Dataset, config: dict[str, Any]
+) -> dict[str, Any]:
+    shape = tuple(test_ds.input_shape)
+    run.status("encryption: compiling the model")
+    audited = copy.deepcopy(module).cpu().eval()
+    try:
+        program: HEProgram | None = compile_model(audited, shape)
+        as_is: dict[str, Any] = {"encryptable": True, "depth": program.depth if program else None}
+        candidate, source = audited, "the audited model"
+    except UnsupportedLayerError as exc:
+        program, as_is, candidate, source = None, {"encryptable": False, "reason": str(exc)}, None, None
+    twin = None
+    recipe = config["twin"]
+    if program is None and recipe is not None and train_ds is not None:
+        run.status(f"encryption: training an encryptable {recipe['arch']} (x^2) and its ReLU twin")
+        report = train_encryptable(
+            recipe["arch"],
+            train_ds,
+            config=TrainConfig(
+                epochs=recipe["epochs"], lr=recipe["lr"], batch_size=recipe["batch_size"], seed=run.seed
+            ),
+            test=test_ds,
+            activation=recipe["activation"],
+            arch_config=recipe["arch_config"],
+        )
+        twin = {
+            **{k: report.summary()[k] for k in ("accuracy", "relu_accuracy", "accuracy_cost", "seconds")},
+            "arch": recipe["arch"],
+            "cost_vs_audited": run.clean_accuracy - report.accuracy,
+        }
+        candidate, source = report.model.cpu().eval(), f"an encryptable {recipe['arch']} (x^2) trained here"
+        program = compile_model(candidate, shape)
+    if program is None or candidate is None:
+        return {"result": {"encryptable": False}, "as_is": as_is, "twin": None, "measured": None}
+    run.status("encryption: encrypted inference, batch and per query")
+    x = run.x.detach().cpu()
+    y = run.y.detach().cpu()
+    measured = {
+        "model": source,
+        "depth": program.depth,
+        "batch": _packing(program, x, y, "batch"),
+        "query": _packing(program, x[: config["queries"]], y[: config["queries"]], "query"),
+    }
+    return {
+        "result": {"encryptable": True, "as_is": as_is["encryptable"]},
+        "as_is": as_is,
+        "twin": twin,
+        "measured": measured,
+    }
+
+
+def _packing(program: HEProgram, x: torch.Tensor, y: torch.Tensor, packing: str) -> dict[str, Any]:
+    """Encrypt `x`, evaluate, decrypt; agreement with the plaintext program, time and sizes."""
+    params = plan_for(program, packing, n=len(x))
+    t0 = time.perf_counter()
+    context = make_context(params, galois_keys="galois" in required_keys(packing))
+    keygen = time.perf_counter() - t0
+    encoding = program.input_encoding(packing)
+    t0 = time.perf_counter()
+    inputs = encrypt_inputs(context, x.double(), packing=packing, encoding=encoding)
+    t1 = time.perf_counter()
+    result = evaluate(program, inputs)
+    t2 = time.perf_counter()
+    logits = decrypt_outputs(context, result)
+    t3 = time.perf_counter()
+    plain = program.plain_forward(x.double())
+    agree = (logits.argmax(dim=1) == plain.argmax(dim=1)).float().mean()
+    n = len(x)
+    return {
+        "n": n,
+        "parameters": params.to_dict(),
+        "keys_bytes": key_sizes(context, kinds=required_keys(packing)),
+        "keygen_s": keygen,
+        "encrypt_s": t1 - t0,
+        "evaluate_s": t2 - t1,
+        "decrypt_s": t3 - t2,
+        "seconds_per_image": (t3 - t0) / n,
+        "images_per_s": n / (t2 - t1),
+        "input_bytes_per_image": sum(len(b) for b in inputs.serialize_items()) / n,
+        "output_bytes_per_image": sum(len(b) for b in result.serialize_items()) / n,
+        "max_logit_error": float((logits - plain).abs().max()),
+        "agreement": float(agree),
+        "accuracy": float((logits.argmax(dim=1) == y).float().mean()),
+    }

@@ -153,6 +153,32 @@ def test_wide_hidden_layer_and_biases_through_the_diagonal_product(split: tuple)
     assert (out - ref).abs().max() < 1e-2
 
 
+def test_plain_bias_after_a_tenseal_product_breaks_the_next_one_but_not_ours() -> None:
+    """The issue's pitfall: in TenSEAL's vector layout a plain bias added after ``mm`` breaks the next ``mm``.
+
+    Our query packing owns its layout (outputs repeated with the next layer's period), so the same two-layer
+    model with biases is right."""
+    import tenseal as ts
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Linear(16, 4)).double().eval()
+    with torch.no_grad():
+        model[1].bias.uniform_(-1.0, 1.0)  # a bias of the size trained models have, so the error shows
+    w1, b1 = model[1].weight.detach().numpy().T, model[1].bias.detach().numpy()
+    w2 = model[2].weight.detach().numpy().T
+    x = torch.rand(1, *SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    context = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[40, 30, 30, 30, 40], n_threads=1)
+    context.global_scale = 2**30
+    context.generate_galois_keys()
+    hidden = ts.ckks_vector(context, x.flatten().tolist()).mm(w1.tolist()) + b1.tolist()
+    naive = np.array(hidden.mm(w2.tolist()).decrypt())
+    expected = (x.flatten().numpy() @ w1 + b1) @ w2
+    assert np.abs(naive - expected).max() > 0.1  # the bias lands where the next product reads garbage
+    out, ref = _roundtrip(model, x, "query")
+    assert torch.allclose(ref[0], torch.from_numpy(expected) + model[2].bias.detach(), atol=1e-9)
+    assert (out - ref).abs().max() < 1e-2
+
+
 def test_batch_packing_full_digits_split(mlp: nn.Module, split: tuple) -> None:
     out, ref = _roundtrip(mlp, split[1].x, "batch")
     assert out.shape == ref.shape == (len(split[1].x), 10)

@@ -49,6 +49,7 @@ class AuditReport:
     poisoning: dict[str, Any] | None = None
     defense: dict[str, Any] | None = None
     encryption: dict[str, Any] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
     masking: list[str] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)
@@ -85,6 +86,7 @@ class AuditReport:
             "headlines": self.headlines,
             "gate": self.gate,
             "config": self.config,
+            "settings": self.settings,
             "model": self.model,
             "data": self.data,
             "clean_accuracy": self.clean_accuracy,

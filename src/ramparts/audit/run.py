@@ -107,6 +107,7 @@ def run_audit(
     poisoning_fractions: Sequence[float] | None = po.DEFAULT_FRACTIONS,
     encryption: bool = True,
     encryption_queries: int = en.DEFAULT_QUERIES,
+    settings: Mapping[str, Any] | None = None,
     defense_steps: int = de.DEFAULT_STEPS,
     defense_eot_samples: int = de.DEFAULT_EOT_SAMPLES,
     defense_votes: int = de.DEFAULT_VOTES,
@@ -130,6 +131,8 @@ def run_audit(
     FGSM crafted on it transferred to the model at the reference eps and a larger one.
     `membership_shadows`: shadow models of the membership section (0: no section); it runs where the
     training data is known (the default model, or `train_ds` given with `model`, taken as its training set).
+    `settings`: how the caller resolved this request (profile, config file, flags), JSON-ready; written to
+    report.json as it is so the run can be repeated exactly (it does not enter the run's identity).
     `encryption`: the encryption section (can the model run on CKKS-encrypted inputs, at what cost; an
     encryptable x^2 twin is trained where the training data is known and the model is not encryptable as it
     is), with `encryption_queries` single encrypted queries timed besides the batch of audited images.
@@ -396,6 +399,7 @@ def run_audit(
             masking=masking,
             defense=guarded,
             encryption=encrypted,
+            settings=dict(settings or {}),
         )
         if fail_under is not None:
             acc, source = de.gated_accuracy(reference["robust_accuracy"], guarded)

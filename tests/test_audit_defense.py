@@ -102,7 +102,7 @@ def test_saved_adaptive_examples_fool_the_defence(squeezed: DefendedModel, audit
 def test_section_is_in_report_json_and_html(audited: AuditReport) -> None:
     assert audited.out_dir is not None
     report = json.loads((audited.out_dir / "report.json").read_text())
-    assert report["version"] == 3
+    assert report["version"] == 4
     assert report["defense"]["robust_accuracy"] == pytest.approx(audited.defense["robust_accuracy"])
     assert "defense.json" in report["files"]
     assert any(line.startswith("Defence (BitDepth, SqueezeDetector)") for line in report["headlines"])

@@ -89,7 +89,7 @@ def test_a_relu_model_gets_a_measured_twin(relu_audit: AuditReport) -> None:
 def test_section_is_in_json_and_html(relu_audit: AuditReport) -> None:
     assert relu_audit.out_dir is not None
     report = json.loads((relu_audit.out_dir / "report.json").read_text())
-    assert report["version"] == 3
+    assert report["version"] == 4
     assert report["encryption"]["twin"]["arch"] == "mlp"
     html = (relu_audit.out_dir / "report.html").read_text()
     assert "Encryption: can this model be served on encrypted inputs?" in html

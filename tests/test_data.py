@@ -275,3 +275,78 @@ def test_split_rejects_bad_fraction_and_unstratifiable() -> None:
     with pytest.raises(ValidationError, match="stratify=False"):
         data.train_test_split(lonely)
     assert len(data.train_test_split(lonely, stratify=False)[1]) == 5
+
+
+def _write_png(path: Path, arr: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def test_image_folder_roundtrip_grey(tmp_path: Path) -> None:
+    """PNGs written with Pillow come back as the same pixels / 255, classes sorted by folder name."""
+    rng = np.random.default_rng(0)
+    pixels = {name: rng.integers(0, 256, size=(3, 5, 7), dtype=np.uint8) for name in ("zebra", "ant", "cat")}
+    for name, imgs in pixels.items():
+        for i, img in enumerate(imgs):
+            _write_png(tmp_path / "pets" / name / f"{i}.png", img)
+    (tmp_path / "pets" / "README.txt").write_text("ignored: not in a class folder")
+    (tmp_path / "pets" / "ant" / "notes.txt").write_text("ignored: not an image")
+    (tmp_path / "pets" / ".cache").mkdir()
+    ds = data.load_dataset(str(tmp_path / "pets"))
+    assert ds.classes == ("ant", "cat", "zebra")
+    assert ds.name == "pets"
+    assert ds.input_shape == (1, 5, 7)
+    assert ds.y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    expected = np.concatenate([pixels[c] for c in ds.classes]).astype(np.float32) / 255
+    np.testing.assert_array_equal(ds.x[:, 0].numpy(), expected)
+
+
+def test_image_folder_rgb_mixed_modes_and_16_bit(tmp_path: Path) -> None:
+    from PIL import Image
+
+    _write_png(tmp_path / "a" / "grey.png", np.full((4, 4), 255, np.uint8))
+    _write_png(
+        tmp_path / "b" / "rgb.png", np.stack([np.full((4, 4), v, np.uint8) for v in (0, 128, 255)], -1)
+    )
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "b" / "photo.JPG")
+    ds = data.load_image_folder(tmp_path)
+    assert ds.input_shape == (3, 4, 4), "one RGB image makes the whole set RGB"
+    assert ds.x[0].eq(1.0).all(), "a grey image is repeated on the three channels"
+    np.testing.assert_allclose(ds.x[2, :, 0, 0].numpy(), [0.0, 128 / 255, 1.0])
+    deep = tmp_path / "deep"
+    for i, value in enumerate((0, 65535)):
+        _write_png(deep / str(i) / "x.png", np.full((2, 2), value, np.uint16))
+    assert data.load_image_folder(deep).x.flatten().tolist() == [0.0] * 4 + [1.0] * 4
+
+
+def test_image_folder_sizes_must_agree_unless_a_size_is_given(tmp_path: Path) -> None:
+    _write_png(tmp_path / "a" / "small.png", np.zeros((4, 4), np.uint8))
+    _write_png(tmp_path / "b" / "big.png", np.full((8, 6), 200, np.uint8))
+    with pytest.raises(
+        ValidationError, match=r"^path: .*several sizes \(a/small\.png: 4x4, b/big\.png: 8x6.*@HxW"
+    ):
+        data.load_image_folder(tmp_path)
+    resized = data.load_dataset(f"{tmp_path}@3x5")
+    assert resized.input_shape == (1, 3, 5)
+    assert resized.x[1].eq(200 / 255).all(), "a flat image stays flat when resized"
+    assert data.load_image_folder(tmp_path, size=4).input_shape == (1, 4, 4)
+    with pytest.raises(ValidationError, match=r"^size: "):
+        data.load_image_folder(tmp_path, size=(0, 4))
+
+
+def test_image_folder_errors_name_the_folder_or_file(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"^path: .*existing folder"):
+        data.load_image_folder(tmp_path / "missing")
+    with pytest.raises(ValidationError, match=r"^path: .*one sub-folder per class"):
+        data.load_image_folder(tmp_path)
+    _write_png(tmp_path / "a" / "ok.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ValidationError, match=r"^path: .*at least one image.*[/\\]b'"):
+        data.load_image_folder(tmp_path)
+    (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValidationError, match=r"^path: expected a readable .*broken\.png"):
+        data.load_dataset(str(tmp_path))
+    with pytest.raises(ValidationError, match=r"^dataset: .*FOLDER/CLASS"):
+        data.load_dataset(str(tmp_path / "nowhere@8x8"))

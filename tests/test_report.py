@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from html import escape as html_escape
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,7 +54,11 @@ def test_html_is_one_self_contained_file(report: AuditReport) -> None:
     assert "https://" not in html
     links = re.findall(r"""\b(?:src|href)\s*=\s*("[^"]*"|'[^']*'|[^\s>]+)""", html)
     assert links, "the figures are <img src=...>"
-    assert all(link.strip("\"'").startswith("data:image/png;base64,") for link in links), "only data: URIs"
+    for link in (raw.strip("\"'") for raw in links):
+        if link.startswith("#"):
+            assert f'id="{link[1:]}"' in html, f"in-page link {link} has its target"
+        else:
+            assert link.startswith("data:image/png;base64,"), "only data: URIs and in-page links"
     assert "<link" not in html
     assert "<script" not in html
     uris = re.findall(r'src="(data:image/png;base64,[A-Za-z0-9+/=]+)"', html)
@@ -249,3 +255,189 @@ def test_theft_headline() -> None:
         "the copy fool the model 40% of the time at eps=8/255 and 80% at eps=80/255 (random noise of the "
         "same size: 3% and 20%)."
     )
+
+
+def _img(html: str, alt: str) -> bool:
+    """Whether `html` embeds a PNG data URI with this alt text."""
+    return (
+        re.search(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]{100,}" alt="' + re.escape(alt) + '"', html)
+        is not None
+    )
+
+
+def test_report_json_has_the_scorecard(report: AuditReport) -> None:
+    assert report.out_dir is not None
+    data = json.loads((report.out_dir / "report.json").read_text())
+    assert data["version"] == 4
+    rows = {r["threat"]: r for r in data["scorecard"]}
+    assert list(rows) == [
+        "evasion_whitebox",
+        "evasion_blackbox",
+        "theft",
+        "membership",
+        "poisoning",
+        "encryption",
+    ]
+    assert rows["evasion_whitebox"]["value"] == pytest.approx(report.reference["robust_accuracy"])
+    assert rows["evasion_blackbox"]["severity"] != "not run"
+    assert rows["theft"]["value"] == pytest.approx(report.theft["fidelity"] if report.theft else -1)
+    for threat in ("membership", "poisoning"):  # the model was given without its training set
+        assert rows[threat]["severity"] == "not run"
+        assert "training data" in rows[threat]["reason"]
+    assert set(data["recommendations"]) == set(rows)
+    assert data["recommendations"]["membership"] == []
+
+
+def test_html_has_the_scorecard_first_and_the_methodology(report: AuditReport) -> None:
+    html = _html(report)
+    assert html.index('<section id="scorecard">') < html.index('class="summary"') < html.index('id="evasion"')
+    card = html[
+        html.index('<section id="scorecard">') : html.index("</section>", html.index('id="scorecard"'))
+    ]
+    assert card.count('<td class="sev sev-') == 6
+    assert 'href="#blackbox"' in card
+    assert "training data" in card
+    method = html[html.index('<section id="methodology">') :]
+    for check in report.config["checks"]:
+        assert html_escape(check["label"], quote=False) in method
+    assert "binary_search_steps&#34;: 3" in method, "the resolved configuration of each attack"
+    assert "forward /" in method
+    assert f"{report.environment['cpu']['logical_cpus']} logical cores" in method
+    assert "Time spent" in method
+
+
+def _with_every_section(report: AuditReport) -> dict[str, Any]:
+    """The fixture's report.json plus hand-made membership and poisoning sections (it had no training data)."""
+    from ramparts.audit.scorecard import scorecard
+    from ramparts.report.recommend import recommendations
+
+    data = report.to_dict()
+    recipe = {"arch": "small_cnn", "epochs": 2, "lr": 0.002, "batch_size": 64}
+    roc = [[0.0, 0.0], [0.001, 0.02], [0.01, 0.08], [0.1, 0.3], [1.0, 1.0]]
+    data["config"]["membership"] = {
+        "shadows": 4,
+        "members": 1000,
+        "non_members": 400,
+        "recipe": recipe,
+        "fpr": 0.01,
+    }
+    data["membership"] = {
+        "fpr": 0.01,
+        "config": data["config"]["membership"],
+        "attacks": [
+            {
+                "label": "LiRA online",
+                "attack": "lira",
+                "params": {},
+                "auc": 0.7,
+                "balanced_accuracy": 0.6,
+                "tpr": 0.08,
+                "tpr_ci95": [0.05, 0.1],
+                "roc": roc,
+                "queries": 1400,
+            }
+        ],
+    }
+    curve = [
+        {"fraction": 0.0, "n_poison": 0, "clean_accuracy": 0.95, "attack_success": 0.0},
+        {"fraction": 0.01, "n_poison": 10, "clean_accuracy": 0.95, "attack_success": 0.7},
+    ]
+    data["config"]["poisoning"] = {
+        "fractions": [0.01],
+        "train_records": 1000,
+        "recipe": recipe,
+        "defense": None,
+    }
+    data["poisoning"] = {
+        "config": data["config"]["poisoning"],
+        "attacks": [
+            {
+                "label": "BadNets backdoor",
+                "attack": "badnets",
+                "params": {},
+                "baseline_accuracy": 0.95,
+                "curve": curve,
+            }
+        ],
+        "defense": None,
+    }
+    data["data"]["n_train"] = 1000
+    data["scorecard"] = scorecard(data)
+    data["recommendations"] = recommendations(data, data["scorecard"])
+    return data
+
+
+def test_html_embeds_every_plot_when_the_data_exists(report: AuditReport) -> None:
+    from ramparts.report.figures import evasion_figures
+
+    data = _with_every_section(report)
+    rows = {r["threat"]: r["severity"] for r in data["scorecard"]}
+    assert rows["membership"] == "high"
+    assert rows["poisoning"] == "critical"
+    html = render_html(data, evasion_figures(data))
+    for alt in (
+        "accuracy under attack against eps",
+        "success rate against the query budget per image",
+        "fidelity of the stolen copy against the labels queried",
+        "membership inference ROC curves, log-log",
+        "clean accuracy and attack success against the poisoned share",
+    ):
+        assert _img(html, alt), alt
+    assert "DP-SGD training" in html
+    assert "ramparts poison --attack badnets --defense spectral" in html
+    assert html.count('<div class="advice">') >= 5
+    assert "Membership inference" in html[html.index('<section id="methodology">') :]
+
+
+def test_html_renders_with_the_sections_off(report: AuditReport) -> None:
+    from ramparts.audit.scorecard import scorecard
+    from ramparts.report.recommend import recommendations
+
+    data = report.to_dict()
+    for key in ("blackbox", "theft", "membership", "poisoning", "encryption"):
+        data[key] = None
+        data["config"][key] = None
+    data["scorecard"] = scorecard(data)
+    data["recommendations"] = recommendations(data, data["scorecard"])
+    html = render_html(data, {})
+    assert '<section id="scorecard">' in html
+    assert "Black-box attacks" not in html
+    assert 'id="theft"' not in html
+    assert "switched off (--blackbox none)" in html
+    assert "switched off (--theft none)" in html
+    assert "switched off (--no-encryption)" in html
+    assert html.count('class="sev sev-not-run"') == 5
+    assert "<img" not in html
+    assert '<section id="methodology">' in html
+
+
+def test_defended_model_gets_a_defence_row_and_its_advice(digits_model) -> None:
+    from ramparts.defenses.base import DefendedModel
+    from ramparts.defenses.squeezing import BitDepth
+
+    ds = load_digits()
+    defended = DefendedModel(digits_model.model, transforms=[BitDepth(2)])
+    audited = run_audit(
+        defended,
+        None,
+        ds.subset(range(1600, len(ds))),
+        eps_grid=(0.1,),
+        attacks=[Check("pgd", "pgd", {"steps": 5}, "linf", "PGD")],
+        n=30,
+        reference_eps=0.1,
+        blackbox=None,
+        theft=None,
+        encryption=False,
+        defense_steps=5,
+    )
+    data = audited.to_dict()
+    row = data["scorecard"][-1]
+    assert row["threat"] == "defense"
+    assert row["value"] == pytest.approx(audited.defense["robust_accuracy"] if audited.defense else -1)
+    assert row["attack"].startswith("adaptive PGD-5")
+    assert data["recommendations"]["defense"][0]["defense"].startswith("Judge any defence")
+    html = render_html(data, {})
+    assert 'href="#defense"' in html
+    assert 'id="defense"' in html
+    method = html[html.index('<section id="methodology">') :]
+    assert "Adaptive PGD (BPDA/EOT, detector term)" in method

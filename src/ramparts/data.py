@@ -1,7 +1,8 @@
-"""Datasets: the embedded digits, npz files, IDX (MNIST format) files and the shared reference data.
+"""Datasets: the embedded digits, npz files, IDX (MNIST format) files, image folders and the shared reference data.
 
 Every loader returns a :class:`Dataset` of float32 NCHW images in ``[0, 1]`` and int64 labels.
-Files are read without unpickling (``np.load(..., allow_pickle=False)``, IDX parsed by hand).
+Files are read without unpickling (``np.load(..., allow_pickle=False)``, IDX parsed by hand, images
+decoded by Pillow).
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -20,6 +22,9 @@ from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 
 from ramparts.errors import RampartsTypeError, invalid, unknown
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -30,6 +35,7 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "load_idx",
+    "load_image_folder",
     "load_npz",
     "load_shared",
     "shared_data_dir",
@@ -63,7 +69,13 @@ DATASET_FORMS: tuple[str, ...] = (
     "'cifar10'",
     "a path to a .npz file",
     "'idx:IMAGES,LABELS' (IDX files, plain or .gz)",
+    "a folder of class folders, FOLDER/CLASS/*.png|jpg (add @HxW, e.g. FOLDER@32x32, to resize)",
 )
+# Image files an image folder may hold (lower-cased suffixes); other files are ignored.
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp")
+# Pillow modes read as one grey channel; every other mode is converted to RGB.
+_GREY_MODES = frozenset({"1", "L", "LA", "I;16", "I;16B", "I;16L"})
+_SIZE_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<h>\d+)(?:x(?P<w>\d+))?$")
 
 Layout = Literal["auto", "nhw", "nchw", "nhwc"]
 _CHANNEL_COUNTS = (1, 3, 4)
@@ -223,6 +235,122 @@ def load_idx(
     return Dataset(x, y, _class_names(classes, y), name or _strip_suffixes(Path(images_path).name))
 
 
+def load_image_folder(
+    path: str | os.PathLike[str],
+    *,
+    size: int | tuple[int, int] | None = None,
+    name: str | None = None,
+) -> Dataset:
+    """Labelled images from a folder of class folders, ``path/CLASS/*.png|jpg`` (torchvision's ImageFolder layout).
+
+    Classes are the sub-folder names, sorted; hidden entries and files of other types are ignored. Images
+    are grey (one channel) when every one of them is grey, else RGB (grey ones repeated on the three
+    channels, alpha dropped); 8-bit pixels are scaled by 1/255, 16-bit grey ones by 1/65535. All images
+    must share one size unless ``size`` (``(height, width)`` or one side for squares) is given: then every
+    image is resized to it (bilinear). Errors name the folder or the file at fault.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise invalid("path", str(path), "an existing folder of class folders", "check the path")
+    target = _image_size(size)
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise invalid(
+            "path",
+            str(root),
+            "a folder holding one sub-folder per class",
+            "put the images in FOLDER/CLASS/*.png",
+        )
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, folder in enumerate(folders):
+        found = sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not found:
+            raise invalid(
+                "path",
+                str(folder),
+                f"at least one image ({', '.join(IMAGE_SUFFIXES)}) in every class folder",
+                "add images or remove the empty folder",
+            )
+        files += found
+        labels += [label] * len(found)
+    images = [_read_image(f) for f in files]
+    grey = all(img.mode in _GREY_MODES for img in images)
+    arrays = [_image_array(img, grey=grey, size=target, file=f) for img, f in zip(images, files, strict=True)]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        first = arrays[0].shape
+        odd = next(i for i, a in enumerate(arrays) if a.shape != first)
+        a, b = (files[i].relative_to(root).as_posix() for i in (0, odd))
+        raise invalid(
+            "path",
+            f"images of several sizes ({a}: {first[0]}x{first[1]}, {b}: "
+            f"{arrays[odd].shape[0]}x{arrays[odd].shape[1]}, height x width)",
+            "images of one size",
+            f"resize them, or pass a size: '{root}@HxW' (load_image_folder(size=(H, W)))",
+        )
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    y = torch.tensor(labels, dtype=torch.int64)
+    logger.info("read %d images of %d classes from %s", len(files), len(folders), root)
+    return Dataset(x, y, tuple(f.name for f in folders), name or root.name)
+
+
+def _image_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """`size` as (height, width), validated."""
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else size
+    if (
+        not isinstance(pair, tuple)
+        or len(pair) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair)
+    ):
+        raise invalid(
+            "size", size, "a positive integer or a (height, width) pair of them", "e.g. size=(32, 32)"
+        )
+    return (pair[0], pair[1])
+
+
+def _read_image(file: Path) -> PILImage:
+    """Decode one image file fully now, so a broken file fails here with its name."""
+    from PIL import Image
+
+    try:
+        with Image.open(file) as img:
+            img.load()
+            return img.copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise invalid(
+            "path", str(file), "a readable PNG, JPEG or BMP image", f"re-save or remove the file ({exc})"
+        ) from exc
+
+
+def _image_array(img: PILImage, *, grey: bool, size: tuple[int, int] | None, file: Path) -> np.ndarray:
+    """One image as float32 HWC in [0, 1]: one channel if `grey`, else RGB; resized to `size` (H, W) if given."""
+    from PIL import Image
+
+    if grey and img.mode.startswith("I;16"):
+        img = img.convert("I")
+        scale = 65535.0
+        if size is not None:
+            img = img.convert("F").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    else:
+        img = img.convert("L" if grey else "RGB")
+        scale = 255.0
+        if size is not None:
+            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) / np.float32(scale)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if not np.isfinite(arr).all():
+        raise invalid("path", str(file), "an image with finite pixel values")
+    return np.clip(arr, 0.0, 1.0)
+
+
 def shared_data_dir() -> Path | None:
     """The shared reference-data folder, or None where there is none.
 
@@ -284,7 +412,25 @@ def load_dataset(spec: str = "digits") -> Dataset:
         return load_idx(images, labels)
     if text.endswith(".npz"):
         return load_npz(text)
+    folder, size = _folder_spec(text)
+    if folder is not None:
+        return load_image_folder(folder, size=size)
     raise invalid("dataset", spec, "one of " + "; ".join(DATASET_FORMS))
+
+
+def _folder_spec(text: str) -> tuple[Path | None, tuple[int, int] | None]:
+    """`FOLDER` or `FOLDER@HxW` / `FOLDER@S` -> (the folder, the size); (None, None) when it names no folder."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path, None
+    match = _SIZE_SUFFIX.match(text)
+    if match is None or not Path(match["path"]).expanduser().is_dir():
+        return None, None
+    h = int(match["h"])
+    w = int(match["w"]) if match["w"] is not None else h
+    if h < 1 or w < 1:
+        raise invalid("dataset", text, "a size of at least 1x1 after @", "e.g. FOLDER@32x32")
+    return Path(match["path"]).expanduser(), (h, w)
 
 
 def train_test_split(

@@ -11,12 +11,16 @@ import numpy as np
 import torch
 
 from ramparts.audit.checks import parse_grid_eps
+from ramparts.audit.scorecard import scorecard
 from ramparts.data import Dataset
 from ramparts.errors import invalid
+from ramparts.report.recommend import recommendations
 from ramparts.report.summary import eps_label
 
-# report.json's format version: 2 added `defense` (the defence section of a defended model).
-REPORT_VERSION = 3
+# report.json's format version: 2 added `defense` (the defence section of a defended model); 4 added `scorecard`
+# (one row per threat: key number, attack, severity, rule) and `recommendations` (per threat, the defence to apply
+# and its measured cost), both computed from the other fields.
+REPORT_VERSION = 4
 
 
 @dataclass
@@ -80,6 +84,13 @@ class AuditReport:
         raise invalid("eps", eps, f"an eps of the audit's grid {[r['eps'] for r in rows]}")
 
     def to_dict(self) -> dict[str, Any]:
+        """report.json: the sections as measured, then the scorecard and recommendations computed from them."""
+        data = self._sections()
+        data["scorecard"] = scorecard(data)
+        data["recommendations"] = recommendations(data, data["scorecard"])
+        return data
+
+    def _sections(self) -> dict[str, Any]:
         return {
             "format": "ramparts-audit",
             "version": REPORT_VERSION,

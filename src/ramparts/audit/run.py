@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
 from ramparts.audit import blackbox as bb
@@ -40,9 +47,14 @@ from ramparts.audit.masking import masking_checks
 from ramparts.audit.model import (
     DEFAULT_ARCH,
     DEFAULT_EPOCHS,
+    TRAIN_BATCH,
+    TRAIN_LR,
     default_split,
+    describe_kind,
+    kind_of,
     load_trained_model,
     model_identity,
+    resolve_recipe,
     save_model,
     tensor_digest,
     train_default_model,
@@ -73,6 +85,8 @@ def _progress(enabled: bool) -> Iterator[Progress]:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
         console=console,
         disable=not (enabled and console.is_terminal),
         transient=False,
@@ -111,6 +125,7 @@ def run_audit(
     defense_steps: int = de.DEFAULT_STEPS,
     defense_eot_samples: int = de.DEFAULT_EOT_SAMPLES,
     defense_votes: int = de.DEFAULT_VOTES,
+    recipe: str = "auto",
 ) -> AuditReport:
     """Audit `model` (default: train `small_cnn` on `train_ds`, default the digits) on `n` test images.
 
@@ -143,6 +158,15 @@ def run_audit(
     `defense_eot_samples` draws for a random defence, the detector term), each of `defense_steps` steps
     (0: no section); a random defence answers by a majority of `defense_votes` draws. Its random transforms
     are reseeded from `seed` first, so the audit repeats.
+    `model` may be any oracle: one without gradients (an ONNX file, an HTTP API: `load_audit_model`) gets
+    the sections it allows (black-box evasion, theft; score-based attacks need scores), and report.json's
+    `config.skipped` names each section that did not run and why (also in the headlines when the model
+    could not allow it; sections switched off are listed too). With no white-box battery, the reference
+    row has no robust accuracy, so a `fail_under` gate cannot pass.
+    `recipe`: what membership (shadow models) and poisoning retrain (`resolve_recipe`): "auto" (the
+    default model's own recipe; a given model's zoo architecture with the audit's hyperparameters; a
+    model of unknown architecture: both sections skipped), "default" (the audit's default recipe as a
+    stated proxy) or a zoo architecture. `config.recipe` in report.json says which was used and why.
     """
     t_start = time.perf_counter()
     counts = (("n", n, 1), ("seed", seed, 0), ("blackbox_n", blackbox_n, 1), ("theft_seeds", theft_seeds, 1))
@@ -169,7 +193,24 @@ def run_audit(
         raise invalid(
             "test_ds", None, "a held-out Dataset to attack", "pass test_ds=... (train_ds is optional)."
         )
-    oracle = None if model is None else _white_box(model, test_ds)
+    oracle = None if model is None else wrap(model, test_ds)
+    kind = kind_of(oracle, model_info)
+    recipe_arch, recipe_source = resolve_recipe(recipe, model_info, trained_here=oracle is None, kind=kind)
+    unavailable, switched_off = _skipped(
+        oracle,
+        kind=kind,
+        checks=checks,
+        black=black,
+        theft=theft_name,
+        membership=membership_shadows,
+        fractions=fractions,
+        encryption=encryption,
+        train_ds=train_ds,
+        recipe=recipe_source if recipe_arch is None else None,
+    )
+    if "evasion_white_box" in unavailable:
+        checks = []
+    black = [c for c in black if f"evasion_black_box/{c.key}" not in unavailable]
     defended = de.defended_model(model, oracle)
     check_int("defense_steps", defense_steps, 0)
     if defended is not None:
@@ -207,12 +248,15 @@ def run_audit(
         if theft_name is None
         else th.theft_config(theft_name, min(theft_seeds, len(test_ds)), ref, grid, bounds),
         membership=None
-        if membership_shadows == 0 or train_ds is None
+        if train_ds is None or "membership" in unavailable or "membership" in switched_off
         else mi.membership_config(train_ds, test_ds, membership_shadows, epochs),
         poisoning=None
-        if not fractions or train_ds is None
+        if train_ds is None or "poisoning" in unavailable or "poisoning" in switched_off
         else po.poisoning_config(train_ds, fractions, epochs),
     )
+    for retrains in ("membership", "poisoning"):  # they build the default recipe; a given model's may differ
+        if config[retrains] is not None:
+            config[retrains]["recipe"]["arch"] = recipe_arch
     if not isinstance(encryption, bool):
         raise invalid("encryption", encryption, "True or False", cls=RampartsTypeError)
     config["encryption"] = (
@@ -236,6 +280,19 @@ def run_audit(
     )
     out = Path(out_dir) if out_dir is not None else None
     recorded = open_run_folder(out, config, overwrite=overwrite) if out is not None else None
+    # Derived from what the identity already holds, so report.json only (config.json stays resumable).
+    config["skipped"] = {**unavailable, **switched_off}
+    config["recipe"] = (
+        {
+            "arch": recipe_arch,
+            "epochs": epochs,
+            "lr": TRAIN_LR,
+            "batch_size": TRAIN_BATCH,
+            "source": recipe_source,
+        }
+        if recipe_arch is not None
+        else {"arch": None, "reason": recipe_source}
+    )
     data = describe_data(train_ds, test_ds)
     linf = [c for c in checks if not c.minimizes_norm]
     minimal = [c for c in checks if c.minimizes_norm]
@@ -260,11 +317,13 @@ def run_audit(
                 module, info = train_default_model(_trainable(train_ds), test_ds, epochs=epochs, seed=seed)
                 timings["train_s"] = time.perf_counter() - t0
             bar.advance(task)
-            oracle = _white_box(module, test_ds)
+            oracle = wrap(module, test_ds)
         torch_module = oracle.model if isinstance(oracle, TorchOracle) else None
         if torch_module is not None:
             info.setdefault("parameters", sum(p.numel() for p in torch_module.parameters()))
         info.setdefault("description", type(torch_module if torch_module is not None else oracle).__name__)
+        info.setdefault("kind", kind)
+        info.setdefault("knowledge", oracle.knowledge.name.lower())
         if out is not None and not model_reused:
             save_model(oracle, info, data, bounds, out)
         run = AuditRun(
@@ -330,7 +389,8 @@ def run_audit(
 
         bar.update(task, description="report")
         t0 = time.perf_counter()
-        worst = worst_case(run.findings, grid, run.masks, run.correct)
+        # No white-box battery (a model without gradients): no worst case, rather than the clean accuracy.
+        worst = worst_case(run.findings, grid if checks else [], run.masks, run.correct)
         reference = reference_row(run.findings, worst, ref, run.clean_accuracy, bounds)
         for section in sections.values():
             section["white_box"] = bb.white_box_reference(run, section, run.masks, grid)
@@ -363,6 +423,12 @@ def run_audit(
                 encryption=encrypted,
                 masking=masking,
                 defense=guarded,
+            )
+            + _skip_headlines(
+                unavailable,
+                config["recipe"],
+                retrained=[name for name, ran in (("Membership", leaks), ("Poisoning", poisoned)) if ran],
+                kind=kind,
             ),
             citations={
                 **{c.label: attack_citation(ATTACKS.get(c.attack)) for c in checks},
@@ -434,12 +500,120 @@ def _trainable(train_ds: Dataset | None) -> Dataset:
     return train_ds
 
 
-def _white_box(model: Any, test_ds: Dataset) -> Oracle:
-    """`model` wrapped as an oracle that offers gradients (the battery is white-box)."""
-    oracle = wrap(model, test_ds)
-    if oracle.knowledge < Knowledge.GRADIENT:
-        raise invalid("model", type(oracle).__name__, "a model with gradients for the white-box battery")
-    return oracle
+# report.json's `config.skipped` keys (one black-box attack: `evasion_black_box/<key>`) -> headline names.
+SECTIONS: dict[str, str] = {
+    "evasion_white_box": "white-box evasion",
+    "evasion_black_box": "black-box evasion",
+    "theft": "model theft",
+    "membership": "membership inference",
+    "poisoning": "poisoning",
+    "encryption": "encrypted inference",
+}
+
+
+def unavailable_sections(
+    model: nn.Module | Oracle | None,
+    test_ds: Dataset,
+    *,
+    train_ds: Dataset | None = None,
+    model_info: Mapping[str, Any] | None = None,
+    recipe: str = "auto",
+) -> dict[str, str]:
+    """The sections `run_audit` with its default settings cannot run on `model` (None: the default model) and
+    why, as report.json's `config.skipped` will say: for a command to tell the user before the audit starts."""
+    oracle = None if model is None else wrap(model, test_ds)
+    kind = kind_of(oracle, model_info)
+    arch, source = resolve_recipe(recipe, model_info, trained_here=oracle is None, kind=kind)
+    unavailable, _ = _skipped(
+        oracle,
+        kind=kind,
+        checks=resolve_checks(DEFAULT_CHECKS),
+        black=resolve_blackbox(DEFAULT_BLACKBOX),
+        theft=th.DEFAULT_THEFT,
+        membership=mi.DEFAULT_SHADOWS,
+        fractions=po.DEFAULT_FRACTIONS,
+        encryption=True,
+        train_ds=train_ds,
+        recipe=source if arch is None else None,
+    )
+    return unavailable
+
+
+def _skipped(
+    oracle: Oracle | None,
+    *,
+    kind: str,
+    checks: Sequence[Check],
+    black: Sequence[BlackBoxCheck],
+    theft: str | None,
+    membership: int,
+    fractions: Sequence[float],
+    encryption: bool,
+    train_ds: Dataset | None,
+    recipe: str | None,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(sections the model or the data do not allow -> why, sections switched off -> by what).
+
+    `oracle` None is the default model, trained here (white-box, training data known). `recipe`: why no
+    recipe can be retrained (None: one can)."""
+    what = f"the model is {describe_kind(kind)}"
+    knowledge = Knowledge.GRADIENT if oracle is None else oracle.knowledge
+    torch_module = oracle is None or isinstance(oracle, TorchOracle)
+    unavailable: dict[str, str] = {}
+    off: dict[str, str] = {}
+    if knowledge < Knowledge.GRADIENT and checks:
+        unavailable["evasion_white_box"] = f"needs gradients, and {what}"
+    if not black:
+        off["evasion_black_box"] = "switched off (blackbox=none)"
+    for c in black:
+        if knowledge < ATTACKS.get(c.attack).knowledge:
+            unavailable[f"evasion_black_box/{c.key}"] = (
+                f"{c.label} needs {c.knowledge} access, and {what} that answers labels only"
+            )
+    if theft is None:
+        off["theft"] = "switched off (theft=none)"
+    unknown_data = "needs the model's training data (pass train_ds: the dataset the model was trained on)"
+    if membership == 0:
+        off["membership"] = "switched off (membership_shadows=0)"
+    elif train_ds is None:
+        unavailable["membership"] = unknown_data
+    elif knowledge < Knowledge.SCORE:
+        unavailable["membership"] = f"needs scores (LOSS, LiRA), and {what} that answers labels only"
+    elif recipe is not None:
+        unavailable["membership"] = recipe
+    if not fractions:
+        off["poisoning"] = "switched off (poisoning_fractions=none)"
+    elif train_ds is None:
+        unavailable["poisoning"] = unknown_data
+    elif recipe is not None:
+        unavailable["poisoning"] = recipe
+    if not encryption:
+        off["encryption"] = "switched off (encryption=False)"
+    elif not torch_module:
+        unavailable["encryption"] = (
+            f"needs the model's layers (a torch module) to compile them for CKKS, and {what}"
+        )
+    return unavailable, off
+
+
+def _skip_headlines(
+    unavailable: Mapping[str, str], recipe: Mapping[str, Any], *, retrained: Sequence[str], kind: str
+) -> list[str]:
+    """Headline sentences: each section the model could not allow, and the recipe that the `retrained`
+    sections of a given model used (the default model's is its own)."""
+    names: dict[str, list[str]] = {}  # reason -> the sections it stops, one sentence for all of them
+    for key, reason in unavailable.items():
+        section, _, attack = key.partition("/")
+        names.setdefault(reason, []).append(
+            SECTIONS.get(section, section) + (f" ({attack})" if attack else "")
+        )
+    lines = [f"Not run: {', '.join(sections)}: {reason}." for reason, sections in names.items()]
+    if retrained and kind != "trained_here" and recipe.get("arch") is not None:
+        lines.append(
+            f"{' and '.join(retrained)} retrained {recipe['arch']} (epochs {recipe['epochs']}, lr {recipe['lr']:g}, "
+            f"batch {recipe['batch_size']}): {recipe['source']}."
+        )
+    return lines
 
 
 def _l2_eps(value: float | str, bounds: tuple[float, float]) -> float:

@@ -36,6 +36,34 @@ DataOption = Annotated[
         "--data", "-d", help=f"Dataset: {'; '.join(DATASET_FORMS)}. Default: the model's, else digits."
     ),
 ]
+# `ramparts audit`'s model options: every kind of model it takes (`load_audit_target`).
+AuditModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="The model to audit: a zoo folder (.json/.safetensors, from `ramparts train` or `harden`) or a "
+        "TorchScript file (white-box), an .onnx file or an http(s):// prediction API (black-box sections only; "
+        "report.json says which sections did not run and why). A pickled torch.save file is refused. "
+        "Default: train small_cnn on the data first.",
+    ),
+]
+OracleConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "--oracle-config",
+        help="JSON file of the HTTP API's settings (HttpConfig: headers, fields, output kind, batch size...), "
+        "with an http(s):// --model.",
+    ),
+]
+RecipeOption = Annotated[
+    str,
+    typer.Option(
+        "--recipe",
+        help="What membership and poisoning retrain: 'auto' (the model's own zoo architecture, else skip them), "
+        "'default' (the audit's small_cnn recipe as a stated proxy) or a zoo architecture.",
+    ),
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -176,6 +204,72 @@ def load_target(
             )
         model, info = train_default_model(train_ds, test_ds, epochs=epochs, seed=seed, progress=not quiet)
     return {"model": model, "info": info, "train": train_ds, "test": test_ds, "data": spec}
+
+
+def load_audit_target(
+    model_spec: str | None,
+    data: str | None,
+    *,
+    epochs: int,
+    quiet: bool,
+    oracle_config: str | None = None,
+    recipe: str = "auto",
+) -> dict[str, Any]:
+    """What `ramparts audit --model M --data D [--oracle-config C] [--recipe R]` audits, ready for `run_audit`.
+
+    `model_spec`: a zoo folder / .json / .safetensors (white-box; its data by default is the one it was saved
+    with), a TorchScript file (white-box), an .onnx file or an http(s):// API (black-box sections only;
+    `oracle_config`: the API's `HttpConfig` JSON); None: `run_audit` trains the default model itself, for
+    `epochs`, so that a resumed run reuses it. `data` (default: the model's dataset, else digits) is split
+    75/25 (MNIST: its own split); the 75% is taken as the model's training data by the sections that need it.
+    Returns {"model": the oracle or None, "info": its description (report.json's `model`) or None, "train",
+    "test", "data": the dataset spec, "kind": a key of `ramparts.audit.model.MODEL_KINDS`, "skipped": the
+    sections this model cannot allow and why (`unavailable_sections`; report.json's `config.skipped` will say
+    the same)}. Unless `quiet`, says on stderr what is trained and what will not run.
+    """
+    from ramparts import zoo
+    from ramparts.audit import DEFAULT_ARCH
+    from ramparts.audit.model import load_audit_model, model_kind
+    from ramparts.audit.run import unavailable_sections
+
+    kind = "trained_here" if model_spec is None else model_kind(model_spec)
+    if oracle_config is not None and kind != "http":
+        raise invalid(
+            "--oracle-config",
+            oracle_config,
+            "a config only with an http(s):// --model",
+            "drop --oracle-config.",
+        )
+    loaded = None
+    spec = data or "digits"
+    if model_spec is not None and kind == "zoo":
+        loaded = zoo.load_model(model_spec)
+        extra = loaded[1].get("extra")
+        spec = data or str((extra if isinstance(extra, dict) else {}).get("dataset", "digits"))
+    train_ds, test_ds = load_splits(spec)
+    oracle, info = (
+        (None, None)
+        if model_spec is None
+        else load_audit_model(model_spec, test_ds, oracle_config=oracle_config, zoo_model=loaded)
+    )
+    skipped = unavailable_sections(oracle, test_ds, train_ds=train_ds, model_info=info, recipe=recipe)
+    if not quiet:
+        if model_spec is None:
+            err.print(
+                f"[dim]No --model given: the audit trains {DEFAULT_ARCH} on {escape(spec)} for {epochs} epochs "
+                "(save one with `ramparts train` to skip this).[/]"
+            )
+        for section, reason in skipped.items():
+            err.print(f"[yellow]Will not run[/] {escape(section)}: {escape(reason)}")
+    return {
+        "model": oracle,
+        "info": info,
+        "train": train_ds,
+        "test": test_ds,
+        "data": spec,
+        "kind": kind,
+        "skipped": skipped,
+    }
 
 
 def make_oracle(model: Any, test_ds: Any) -> Any:

@@ -11,10 +11,21 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from ramparts.report.methodology import methodology
 from ramparts.report.plots import data_uri
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "report.html.j2"
+# scorecard threat -> the id of its section in the page
+ANCHORS = {
+    "evasion_whitebox": "evasion",
+    "evasion_blackbox": "blackbox",
+    "theft": "theft",
+    "membership": "membership",
+    "poisoning": "poisoning",
+    "encryption": "encryption",
+    "defense": "defense",
+}
 
 
 def _environment() -> Environment:
@@ -85,7 +96,8 @@ def blackbox_table(report: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def render_html(report: Mapping[str, Any], figures: Mapping[str, bytes] | None = None) -> str:
-    """The report page for `report` (the dict of report.json) with `figures` (name -> PNG bytes) inlined."""
+    """The report page for `report` (the dict of report.json) with `figures` (name -> PNG bytes) inlined: its
+    `scorecard` at the top, each section with its `recommendations`, the methodology at the end."""
     images = {name: data_uri(png) for name, png in (figures or {}).items()}
     generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
@@ -96,6 +108,10 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, bytes] | None =
             fig=images,
             table=accuracy_table(report),
             bbtable=blackbox_table(report),
+            card=report.get("scorecard") or [],
+            advice=report.get("recommendations") or {},
+            method=methodology(report),
+            anchors=ANCHORS,
             generated=generated,
         )
     )

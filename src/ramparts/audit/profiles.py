@@ -26,9 +26,10 @@ Profiles (only budgets: the threat model, seed and bounds are the same in all th
 | defense_votes         | 5              | 5               | 11                     | majority vote of a random defence's answer |
 
 `quick` is `run_audit`'s defaults (what `make demo` runs: ~90 s on the digits, 2 CPU cores). `standard`
-is budgeted for the MNIST CNN on 2 CPU cores in 20 minutes: the retraining sections (membership, poisoning)
-read the whole MNIST training set, so it trades shadows, fractions and epochs for a larger n. `thorough` is
-for one GPU.
+is meant for the MNIST CNN on 2 CPU cores in 20 minutes: the retraining sections (membership, poisoning)
+read the whole MNIST training set, so it trades shadows, fractions and epochs for a larger n. Measured, it does not
+fit yet: its white-box battery alone (APGD at 100 steps on 1,000 images, 9 eps) takes about 40 minutes on 2 cores
+(benchmarks/RESULTS.md). `thorough` is for one GPU.
 
 Config file keys are `run_audit`'s keyword names (see `KNOBS`), plus `profile`, `attack_params` (a table of
 hyperparameters per attack of the battery, e.g. `[attack_params.pgd] steps = 100`), `fail_under` (gate

@@ -30,10 +30,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 from ramparts import data as rdata
-from ramparts.protection.he_eval import decrypt_outputs, encrypt_inputs, evaluate, plan_for, required_keys
-from ramparts.protection.he_files import key_sizes
+from ramparts.protection.he_eval import plan_for
+from ramparts.protection.he_measure import measure_packing
 from ramparts.protection.he_model import HEProgram, compile_model
-from ramparts.protection.he_params import make_context
 from ramparts.protection.poly import train_encryptable
 from ramparts.training import TrainConfig
 
@@ -79,41 +78,8 @@ def train_model(name: str, args: argparse.Namespace) -> tuple[nn.Module, dict[st
 def run_packing(
     program: HEProgram, x: torch.Tensor, y: torch.Tensor, packing: str, threads: int
 ) -> dict[str, Any]:
-    """Encrypt, evaluate, decrypt ``x`` in ``packing``; timings, sizes, accuracy and agreement."""
-    params = plan_for(program, packing, n=len(x))
-    t0 = time.perf_counter()
-    context = make_context(params, galois_keys="galois" in required_keys(packing), n_threads=threads)
-    keygen = time.perf_counter() - t0
-    encoding = program.input_encoding(packing)
-    t0 = time.perf_counter()
-    inputs = encrypt_inputs(context, x.double(), packing=packing, encoding=encoding)
-    t1 = time.perf_counter()
-    result = evaluate(program, inputs)
-    t2 = time.perf_counter()
-    logits = decrypt_outputs(context, result)
-    t3 = time.perf_counter()
-    plain = program.plain_forward(x.double())
-    n = len(x)
-    row = {
-        "packing": packing,
-        "n": n,
-        "parameters": params.to_dict(),
-        "keys_bytes": key_sizes(context, kinds=required_keys(packing)),
-        "keygen_s": round(keygen, 3),
-        "encrypt_s": round(t1 - t0, 3),
-        "evaluate_s": round(t2 - t1, 3),
-        "decrypt_s": round(t3 - t2, 3),
-        "seconds_per_image": (t3 - t0) / n,
-        "evaluate_seconds_per_image": (t2 - t1) / n,
-        "images_per_s": n / (t3 - t0),
-        "evaluate_images_per_s": n / (t2 - t1),
-        "input_bytes_per_image": sum(len(b) for b in inputs.serialize_items()) / n,
-        "output_bytes_per_image": sum(len(b) for b in result.serialize_items()) / n,
-        "max_logit_error": float((logits - plain).abs().max()),
-        "agreement": float((logits.argmax(1) == plain.argmax(1)).float().mean()),
-        "encrypted_accuracy": float((logits.argmax(1) == y).float().mean()),
-        "plaintext_accuracy": float((plain.argmax(1) == y).float().mean()),
-    }
+    """:func:`measure_packing`, logged."""
+    row = measure_packing(program, x, y, packing, n_threads=threads)
     log.info("%s: %s", packing, {k: v for k, v in row.items() if k not in ("parameters", "keys_bytes")})
     return row
 

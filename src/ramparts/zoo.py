@@ -364,7 +364,7 @@ def save_model(
     ``config`` must rebuild ``model`` through :func:`build`; ``extra`` holds JSON metadata such as
     input bounds, normalisation and class names.
     """
-    prefix = _prefix(path)
+    prefix = model_prefix(path)
     reference = build(arch, **config)
     _check_same_layout(
         model.state_dict(), reference.state_dict(), f"arch={arch!r} with config={dict(config)}"
@@ -376,15 +376,23 @@ def save_model(
         "config": dict(config),
         "extra": dict(extra or {}),
     }
+    weights = write_model_files(model, prefix, meta)
+    logger.info("saved %s model to %s", arch, weights)
+    return weights
+
+
+def write_model_files(model: nn.Module, prefix: Path, meta: Mapping[str, Any]) -> Path:
+    """``<prefix>.safetensors`` (tagged with ``meta``'s format and architecture) and ``<prefix>.json`` (``meta``);
+    the JSON is checked before anything is written. Returns the weights path."""
     try:
         text = json.dumps(meta, indent=2, sort_keys=True)
     except TypeError as exc:
         raise invalid("config/extra", meta, "JSON-serialisable values", f"convert them ({exc})") from exc
     prefix.parent.mkdir(parents=True, exist_ok=True)
     weights = prefix.with_name(prefix.name + ".safetensors")
-    save_weights(model, weights, {"format": MODEL_FORMAT, "arch": arch})
+    arch = str(meta.get("arch", meta.get("base_arch", "")))
+    save_weights(model, weights, {"format": str(meta["format"]), "arch": arch})
     prefix.with_name(prefix.name + ".json").write_text(text + "\n", encoding="utf-8")
-    logger.info("saved %s model to %s", arch, weights)
     return weights
 
 
@@ -397,7 +405,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
     has the format ``DEFENDED_FORMAT``) loads as the whole ``DefendedModel``, not its bare classifier.
     """
     given = Path(path)
-    prefix = _prefix(given)
+    prefix = model_prefix(given)
     meta_file = prefix.with_name(prefix.name + ".json")
     if given.suffix in (".safetensors", ".pt", ".pth"):
         weights = given
@@ -430,7 +438,8 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
     return model, meta
 
 
-def _prefix(path: str | os.PathLike[str]) -> Path:
+def model_prefix(path: str | os.PathLike[str]) -> Path:
+    """The common prefix of a model's files: a folder means ``folder/model``; a known suffix is dropped."""
     p = Path(path)
     if p.is_dir():
         return p / "model"

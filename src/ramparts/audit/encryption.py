@@ -15,19 +15,15 @@ of the run: recorded in metrics.json under `encryption`, reused on resume when t
 from __future__ import annotations
 
 import copy
-import time
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from ramparts.audit.model import TRAIN_BATCH, TRAIN_LR
 from ramparts.data import Dataset
 from ramparts.errors import check_int
-from ramparts.protection.he_eval import decrypt_outputs, encrypt_inputs, evaluate, plan_for, required_keys
-from ramparts.protection.he_files import key_sizes
+from ramparts.protection.he_measure import measure_packing
 from ramparts.protection.he_model import HEProgram, UnsupportedLayerError, compile_model
-from ramparts.protection.he_params import make_context
 from ramparts.protection.poly import train_encryptable
 from ramparts.training import TrainConfig
 
@@ -116,47 +112,12 @@ def _measure(
     measured = {
         "model": source,
         "depth": program.depth,
-        "batch": _packing(program, x, y, "batch"),
-        "query": _packing(program, x[: config["queries"]], y[: config["queries"]], "query"),
+        "batch": measure_packing(program, x, y, "batch"),
+        "query": measure_packing(program, x[: config["queries"]], y[: config["queries"]], "query"),
     }
     return {
         "result": {"encryptable": True, "as_is": as_is["encryptable"]},
         "as_is": as_is,
         "twin": twin,
         "measured": measured,
-    }
-
-
-def _packing(program: HEProgram, x: torch.Tensor, y: torch.Tensor, packing: str) -> dict[str, Any]:
-    """Encrypt `x`, evaluate, decrypt; agreement with the plaintext program, time and sizes."""
-    params = plan_for(program, packing, n=len(x))
-    t0 = time.perf_counter()
-    context = make_context(params, galois_keys="galois" in required_keys(packing))
-    keygen = time.perf_counter() - t0
-    encoding = program.input_encoding(packing)
-    t0 = time.perf_counter()
-    inputs = encrypt_inputs(context, x.double(), packing=packing, encoding=encoding)
-    t1 = time.perf_counter()
-    result = evaluate(program, inputs)
-    t2 = time.perf_counter()
-    logits = decrypt_outputs(context, result)
-    t3 = time.perf_counter()
-    plain = program.plain_forward(x.double())
-    agree = (logits.argmax(dim=1) == plain.argmax(dim=1)).float().mean()
-    n = len(x)
-    return {
-        "n": n,
-        "parameters": params.to_dict(),
-        "keys_bytes": key_sizes(context, kinds=required_keys(packing)),
-        "keygen_s": keygen,
-        "encrypt_s": t1 - t0,
-        "evaluate_s": t2 - t1,
-        "decrypt_s": t3 - t2,
-        "seconds_per_image": (t3 - t0) / n,
-        "images_per_s": n / (t2 - t1),
-        "input_bytes_per_image": sum(len(b) for b in inputs.serialize_items()) / n,
-        "output_bytes_per_image": sum(len(b) for b in result.serialize_items()) / n,
-        "max_logit_error": float((logits - plain).abs().max()),
-        "agreement": float(agree),
-        "accuracy": float((logits.argmax(dim=1) == y).float().mean()),
     }

@@ -334,7 +334,7 @@ def _encryption(report: Mapping[str, Any]) -> dict[str, Any]:
         )
     measured = section.get("measured")
     speed = (
-        f"; {measured['batch']['images_per_s']:.0f} images/s batched, "
+        f"; {measured['batch']['evaluate_images_per_s']:.0f} images/s batched, "
         f"{measured['query']['seconds_per_image']:.2f} s per query"
         if measured
         else ""

@@ -38,7 +38,7 @@ from torch import nn
 from ramparts.data import Dataset
 from ramparts.errors import RampartsTypeError, ValidationError, invalid, unknown
 from ramparts.training import TrainConfig, TrainReport, evaluate, train
-from ramparts.zoo import build, load_weights, save_weights
+from ramparts.zoo import build, load_weights, model_prefix, write_model_files
 
 __all__ = [
     "ACTIVATIONS",
@@ -278,7 +278,7 @@ def save_encryptable(
     """
     reference = polynomialize(build(arch, **config), activation, batch_norm=batch_norm)
     _check_layout(model, reference, f"polynomialize({arch!r}, {activation!r}, batch_norm={batch_norm})")
-    prefix = _prefix(path)
+    prefix = model_prefix(path)
     meta = {
         "format": POLY_FORMAT,
         "version": POLY_FORMAT_VERSION,
@@ -288,21 +288,15 @@ def save_encryptable(
         "batch_norm": batch_norm,
         "extra": dict(extra or {}),
     }
-    try:
-        text = json.dumps(meta, indent=2, sort_keys=True)
-    except TypeError as exc:
-        raise invalid("config/extra", meta, "JSON-serialisable values", f"convert them ({exc})") from exc
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    weights = prefix.with_name(prefix.name + ".safetensors")
-    save_weights(model, weights, {"format": POLY_FORMAT, "arch": arch})
-    prefix.with_name(prefix.name + ".json").write_text(text + "\n", encoding="utf-8")
+    weights = write_model_files(model, prefix, meta)
     logger.info("saved %s polynomial model to %s", activation, weights)
     return weights
 
 
 def is_encryptable_file(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` (prefix, folder or ``.json``) holds a model written by :func:`save_encryptable`."""
-    meta_file = _prefix(path).with_name(_prefix(path).name + ".json")
+    prefix = model_prefix(path)
+    meta_file = prefix.with_name(prefix.name + ".json")
     if not meta_file.is_file():
         return False
     try:
@@ -314,7 +308,7 @@ def is_encryptable_file(path: str | os.PathLike[str]) -> bool:
 
 def load_encryptable(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model saved by :func:`save_encryptable`; returns (model in eval mode, meta). Never unpickles."""
-    prefix = _prefix(path)
+    prefix = model_prefix(path)
     meta_file = prefix.with_name(prefix.name + ".json")
     if not meta_file.is_file():
         raise invalid("path", str(path), f"a polynomial model with its JSON at {meta_file}", "check the path")
@@ -344,15 +338,6 @@ def load_encryptable(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str,
     load_weights(model, prefix.with_name(prefix.name + ".safetensors"))
     model.eval()
     return model, meta
-
-
-def _prefix(path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        return p / "model"
-    if p.suffix in (".safetensors", ".json"):
-        return p.with_suffix("")
-    return p
 
 
 def _check_layout(model: nn.Module, reference: nn.Module, what: str) -> None:

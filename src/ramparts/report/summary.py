@@ -235,6 +235,6 @@ def encryption_headline(section: Mapping[str, Any]) -> str:
         )
     )
     return (
-        f"{prefix}: {batch['images_per_s']:.0f} images/s batched, {query['seconds_per_image']:.2f} s per single "
+        f"{prefix}: {batch['evaluate_images_per_s']:.0f} images/s batched, {query['seconds_per_image']:.2f} s per single "
         f"query, {100 * batch['agreement']:.1f}% agreement with plaintext."
     )

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import ramparts.audit.poisoning
 import ramparts.audit.run
 import ramparts.audit.theft
 from ramparts.audit import (
@@ -620,6 +621,23 @@ def test_poisoning_section_retrains_on_poisoned_data(tmp_path: Path) -> None:
     assert saved["poisoning"]["attacks"][1]["curve"] == backdoor["curve"]
     with pytest.raises(ValidationError, match="poisoning_fractions"):
         run_audit(poisoning_fractions=(0.7,), **kwargs, **NO_BB)
+
+
+def test_poisoning_records_draw_a_fixed_subset() -> None:
+    train = load_digits().subset(range(1400))
+    assert ramparts.audit.poisoning.training_subset(train, 0, seed=0) is train
+    assert ramparts.audit.poisoning.training_subset(train, 5000, seed=0) is train
+    part = ramparts.audit.poisoning.training_subset(train, 300, seed=0)
+    again = ramparts.audit.poisoning.training_subset(train, 300, seed=0)
+    other = ramparts.audit.poisoning.training_subset(train, 300, seed=1)
+    assert len(part) == 300
+    assert torch.equal(part.x, again.x)
+    assert not torch.equal(part.x, other.x)
+    config = ramparts.audit.poisoning.poisoning_config(part, (0.05,), of=len(train))
+    assert (config["train_records"], config["drawn_from"]) == (300, 1400)
+    assert "drawn_from" not in ramparts.audit.poisoning.poisoning_config(train, (0.05,), of=len(train))
+    with pytest.raises(ValidationError, match="poisoning_records"):
+        run_audit(poisoning_records=-1, attacks="fgsm", n=5, **NO_BB)
 
 
 def test_masking_checks_fire_on_their_symptoms() -> None:

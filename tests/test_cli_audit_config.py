@@ -70,6 +70,10 @@ def test_gate_failure_is_recorded_in_report_json(run_dir: Path, config: Path) ->
     assert report["config"]["n"] == 10 + 2
     assert report["theft"] is None
     assert report["membership"] is None
+    html = (run_dir / "report.html").read_text()
+    assert html.count('class="gate-fail"') == 2
+    assert html.count('class="gate-pass"') == 1
+    assert "Gate <code>robust_accuracy@16px&gt;=100%</code>" in html
 
 
 def test_passing_gate_exits_0_and_json_carries_it(run_dir: Path, config: Path) -> None:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ramparts.errors import RampartsError, RampartsTypeError, UnknownNameError, ValidationError
-from ramparts.evasion import ATTACKS, AttackContext, EvasionAttack
+from ramparts.evasion import ATTACKS, AttackContext, AttackProgress, EvasionAttack
+from ramparts.evasion.base import auto_batch_size
 from ramparts.targets import LabelBox, ScoreBox, WhiteBox
 from ramparts.threat import ThreatModel
 
@@ -274,3 +275,39 @@ def test_summary_reports_query_statistics(digits_model: Trained) -> None:
     assert summary["max_queries"] == int(result.queries.max())
     assert summary["median_queries"] == float(result.queries.float().median())
     assert summary["max_queries"] <= 6
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "square"])
+def test_batch_size_chunks_and_merges(name: str, digits_model: Trained) -> None:
+    """Chunked runs give one result in the original order; every chunk is the attack run on its rows."""
+    x, y = digits_model.x[:50], digits_model.y[:50]
+    threat = threat_for(name)
+    seen: list[AttackProgress] = []
+    chunked = make(name)(digits_model.oracle, x, y, threat, seed=1, batch_size=16, progress=seen.append)
+    assert len(chunked) == 50
+    assert torch.equal(chunked.labels, y)
+    parts = [
+        make(name)(digits_model.oracle, x[s : s + 16], y[s : s + 16], threat, seed=1)
+        for s in range(0, 50, 16)
+    ]
+    for field in ("success", "adv_pred", "queries", "backwards"):
+        assert torch.equal(getattr(chunked, field), torch.cat([getattr(p, field) for p in parts]))
+    assert torch.allclose(chunked.x_adv, torch.cat([p.x_adv for p in parts]))
+    assert chunked.summary()["total_forwards"] == sum(int(p.queries.sum()) for p in parts)
+    # Progress speaks of the whole batch, and the last report counts every chunk's successes.
+    assert {p.n for p in seen} == {50}
+    assert seen[-1].succeeded == int(chunked.success.sum())
+    assert seen[-1].queries_total == int(chunked.queries.sum())
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "16"])
+def test_bad_batch_size_is_refused(bad: Any, digits_model: Trained) -> None:
+    with pytest.raises(RampartsError, match="batch_size"):
+        make("fgsm")(digits_model.oracle, digits_model.x, digits_model.y, threat_for("fgsm"), batch_size=bad)
+
+
+def test_auto_batch_size_fits_the_cpu_caches() -> None:
+    assert auto_batch_size("cpu", (1, 28, 28)) == 2**17 // 784
+    assert auto_batch_size("cpu", (1, 8, 8)) == 2048
+    assert auto_batch_size("cpu", (3, 512, 512)) == 1
+    assert auto_batch_size("cuda", (1, 28, 28)) is None

@@ -203,3 +203,18 @@ def test_bad_inputs_name_the_parameter(setup: dict[str, Any]) -> None:
         MEMBERSHIP.get("lira")(online="yes")(setup["target"], ds.x, ds.y, shadows=setup["shadows"])
     assert isinstance(setup["target"], nn.Module)
     assert isinstance(ds, Dataset)
+
+
+def test_shadow_outputs_are_computed_once_per_records(setup: dict[str, Any]) -> None:
+    """Attacks that score the same records with one pool pay for the shadows' passes once; an in-place change
+    of the records, or other views, is computed afresh."""
+    pool: ShadowPool = setup["shadows"]
+    x = setup["ds"].x[:40].clone()
+    first = pool.log_probs(x)
+    assert pool.log_probs(x) is first
+    assert pool.log_probs(x, views=("id", "mirror")) is not first
+    x[0] = 1.0 - x[0]
+    again = pool.log_probs(x)
+    assert again is not first
+    assert not torch.equal(again[:, :, 0], first[:, :, 0])
+    assert torch.equal(again[:, :, 1:], first[:, :, 1:])

@@ -103,6 +103,41 @@ def test_blackbox_severity_reads_the_largest_budget(success: float, severity: st
     assert row["attack"] == "Square (score-only)"
 
 
+def _hsj(success: float, eps: float) -> dict[str, Any]:
+    return {
+        "label": "HopSkipJump",
+        "knowledge": "label",
+        "norm": "l2",
+        "eps": eps,
+        "eps_label": f"{eps:g}",
+        "attacked": 50,
+        "rows": [{"budget": 1000, "success_rate": success}],
+    }
+
+
+def test_blackbox_is_rated_within_the_reference_budget() -> None:
+    """A label-only L2 attack at a budget larger than the reference linf ball (digits 8x8, eps 0.1: corners at
+    L2 0.8) does not make the row critical when the score-based attack at the reference eps is weak."""
+    square = _blackbox(0.1)["checks"]["square"] | {"eps": 0.1}
+    report = _report(blackbox=({"checks": {"square": square, "hsj": _hsj(0.9, 1.0)}}, {"checks": []}))
+    report["data"]["input_shape"] = [1, 8, 8]
+    row = _row(report, "evasion_blackbox")
+    assert (row["severity"], row["attack"]) == ("low", "Square (score-only)")
+    assert (
+        "HopSkipJump at l2 eps=1 (a larger budget than the reference linf eps=0.1) fools 90.0%: not rated"
+        in (row["note"])
+    )
+    # Within the corners' norm the L2 attack speaks of the same threat, and rates the row.
+    report["blackbox"]["checks"]["hsj"] = _hsj(0.9, 0.5)
+    row = _row(report, "evasion_blackbox")
+    assert (row["severity"], row["attack"], row["note"]) == ("critical", "HopSkipJump (label-only)", None)
+    # Only larger budgets ran: rated on them, and the note says so.
+    report["blackbox"]["checks"] = {"hsj": _hsj(0.9, 1.0)}
+    row = _row(report, "evasion_blackbox")
+    assert row["severity"] == "critical"
+    assert "no attack ran within the reference budget" in row["note"]
+
+
 def test_blackbox_switched_off() -> None:
     row = _row(_report(), "evasion_blackbox")
     assert (row["severity"], row["reason"]) == ("not run", "switched off (--blackbox none)")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 
@@ -42,6 +44,48 @@ class EvasionResult:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @classmethod
+    def concat(cls, parts: Sequence[EvasionResult]) -> EvasionResult:
+        """One result for the batches of `parts` in order (chunks or shards of one attack run).
+
+        Per-sample tensors are concatenated, time is summed and `budget_exhausted` holds if any part
+        ran out; attack, config, threat, seed and extra come from the first part.
+        """
+        if not parts:
+            raise ValueError("EvasionResult.concat needs at least one result")
+        first = parts[0]
+
+        def cat(name: str) -> Tensor | None:
+            tensors = [getattr(p, name) for p in parts]
+            return None if any(t is None for t in tensors) else torch.cat(tensors)
+
+        tensors = {
+            name: cat(name)
+            for name in (
+                "x_adv",
+                "labels",
+                "targets",
+                "success",
+                "distance",
+                "clean_pred",
+                "adv_pred",
+                "clean_conf",
+                "adv_conf",
+                "queries",
+                "backwards",
+            )
+        }
+        return cls(
+            attack=first.attack,
+            config=first.config,
+            threat=first.threat,
+            seed=first.seed,
+            elapsed_s=sum(p.elapsed_s for p in parts),
+            budget_exhausted=any(p.budget_exhausted for p in parts),
+            extra=first.extra,
+            **tensors,  # type: ignore[arg-type]
+        )
 
     @property
     def clean_accuracy(self) -> float:

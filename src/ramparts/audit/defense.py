@@ -48,6 +48,8 @@ SECTION_FILE = "defense.json"
 SECTION_VERSION = 1
 # PGD steps of both attacks (the adaptive one is the harden command's: at least 50 steps, detector weight 10).
 DEFAULT_STEPS = 50
+# Progress steps of the section: clean cost, PGD on the classifier, adaptive PGD.
+STEPS = 3
 DEFAULT_EOT_SAMPLES = 8
 DEFAULT_VOTES = 5
 DETECTOR_WEIGHT = 10.0
@@ -244,7 +246,7 @@ def _measure(
     eps, votes = float(config["eps"]), int(config["votes"])
     adaptive_cfg = config["adaptive"]
     stuck = reseed_defense(defended, run.seed)
-    run.status("defence: clean cost")
+    run.status("clean cost")
     with torch.no_grad():
         bare_correct = defended.classifier(x).argmax(dim=1) == y
         fooled0, rejected0, correct0 = defense_outcome(defended, x, y, votes=votes)
@@ -259,8 +261,9 @@ def _measure(
         "robust_accuracy": 1.0 - float(fooled0.float().mean()),
         "draw_agreement": forward_agree,
     }
+    run.tick()
 
-    run.status(f"defence: PGD on the classifier, eps={config['eps_label']}")
+    run.status(f"PGD on the classifier, eps={config['eps_label']}")
     reseed_defense(defended, run.seed)
     oracle = TorchOracle(defended.classifier, input_shape=tuple(x.shape[1:]))
     threat = ThreatModel(norm="linf", eps=eps, bounds=run.bounds)
@@ -274,8 +277,9 @@ def _measure(
         "rejected": float(rejected1.float().mean()),
         "robust_accuracy": 1.0 - float(fooled1.float().mean()),
     }
+    run.tick()
 
-    run.status(f"defence: adaptive PGD, eps={config['eps_label']}")
+    run.status(f"adaptive PGD, eps={config['eps_label']}")
     reseed_defense(defended, run.seed)
     res = adaptive_pgd(
         defended,
@@ -291,6 +295,7 @@ def _measure(
         seed=run.seed,
     )
     adaptive = res.summary()
+    run.tick()
     either = fooled1 | res.fooled
     robust = 1.0 - float(either.float().mean())
     section = {

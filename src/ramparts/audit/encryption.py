@@ -37,6 +37,9 @@ CITATIONS = {
     'Throughput and Accuracy", ICML 2016',
 }
 
+# Progress steps of the section: compiling, the encryptable twin (when needed), encrypted inference.
+STEPS = 3
+
 
 def twin_recipe(input_shape: tuple[int, ...], epochs: int) -> dict[str, Any]:
     """The encryptable twin trained when the audited model cannot be encrypted as it is: the one-convolution
@@ -75,7 +78,7 @@ def _measure(
     run: AuditRun, module: nn.Module, train_ds: Dataset | None, test_ds: Dataset, config: dict[str, Any]
 ) -> dict[str, Any]:
     shape = tuple(test_ds.input_shape)
-    run.status("encryption: compiling the model")
+    run.status("compiling the model")
     audited = copy.deepcopy(module).cpu().eval()
     try:
         program: HEProgram | None = compile_model(audited, shape)
@@ -83,10 +86,11 @@ def _measure(
         candidate, source = audited, "the audited model"
     except UnsupportedLayerError as exc:
         program, as_is, candidate, source = None, {"encryptable": False, "reason": str(exc)}, None, None
+    run.tick()
     twin = None
     recipe = config["twin"]
     if program is None and recipe is not None and train_ds is not None:
-        run.status(f"encryption: training an encryptable {recipe['arch']} (x^2) and its ReLU twin")
+        run.status(f"training an encryptable {recipe['arch']} (x^2) and its ReLU twin")
         report = train_encryptable(
             recipe["arch"],
             train_ds,
@@ -104,9 +108,10 @@ def _measure(
         }
         candidate, source = report.model.cpu().eval(), f"an encryptable {recipe['arch']} (x^2) trained here"
         program = compile_model(candidate, shape)
+    run.tick()
     if program is None or candidate is None:
         return {"result": {"encryptable": False}, "as_is": as_is, "twin": None, "measured": None}
-    run.status("encryption: encrypted inference, batch and per query")
+    run.status("encrypted inference, batch and per query")
     x = run.x.detach().cpu()
     y = run.y.detach().cpu()
     measured = {
@@ -115,6 +120,7 @@ def _measure(
         "batch": measure_packing(program, x, y, "batch"),
         "query": measure_packing(program, x[: config["queries"]], y[: config["queries"]], "query"),
     }
+    run.tick()
     return {
         "result": {"encryptable": True, "as_is": as_is["encryptable"]},
         "as_is": as_is,

@@ -30,6 +30,11 @@ ATTACKS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 
+def steps(config: dict[str, Any]) -> int:
+    """Progress steps of the section: one per shadow model, one per attack."""
+    return int(config["shadows"]) + len(config["attacks"])
+
+
 def membership_config(
     train_ds: Dataset, test_ds: Dataset, shadows: int, epochs: int = DEFAULT_EPOCHS
 ) -> dict[str, Any]:
@@ -59,12 +64,20 @@ def _measure(run: AuditRun, train_ds: Dataset, test_ds: Dataset, config: dict[st
     members = torch.arange(len(records)) < len(train_ds)
     r = config["recipe"]
     recipe = ShadowRecipe(r["arch"], {}, epochs=r["epochs"], batch_size=r["batch_size"], lr=r["lr"])
-    run.status(f"membership: training {config['shadows']} shadow models")
-    pool = train_shadows(records, config["shadows"], recipe, seed=run.seed, device=run.oracle.device)
+    run.status(f"training {config['shadows']} shadow models")
+    pool = train_shadows(
+        records,
+        config["shadows"],
+        recipe,
+        seed=run.seed,
+        device=run.oracle.device,
+        chunk=1 if run.oracle.device.type == "cpu" else 8,  # one at a time on a CPU anyway: finer progress
+        on_model=lambda _: run.tick(),
+    )
     fpr = config["fpr"]
     rows = []
     for label, name, params in config["attacks"]:
-        run.status(f"membership: {label}")
+        run.status(label)
         result = MEMBERSHIP.get(name)(**params)(
             run.oracle,
             records.x,
@@ -91,5 +104,6 @@ def _measure(run: AuditRun, train_ds: Dataset, test_ds: Dataset, config: dict[st
                 "queries": result.queries,
             }
         )
+        run.tick()
     best = max(rows, key=lambda row: (row["tpr"] or 0.0, row["auc"]))
     return {"result": {"best": best["label"]}, "fpr": fpr, "attacks": rows}

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
+from torch import nn
+
 from ramparts.audit.model import DEFAULT_ARCH, DEFAULT_EPOCHS, TRAIN_BATCH, TRAIN_LR
 from ramparts.data import Dataset
 from ramparts.defenses.spectral import spectral_signatures
@@ -56,14 +59,37 @@ def citations(section: dict[str, Any]) -> dict[str, str | None]:
     return found
 
 
+def training_subset(train_ds: Dataset, records: int, seed: int) -> Dataset:
+    """The records the section poisons and retrains on: all of `train_ds` (`records` 0 or >= its size), else
+    `records` of them drawn with the run's seed (a smaller retraining budget; the shares stay the same)."""
+    if isinstance(records, bool) or not isinstance(records, int) or records < 0:
+        raise invalid("poisoning_records", records, "an integer >= 0 (0: the whole training set)")
+    if records == 0 or records >= len(train_ds):
+        return train_ds
+    pick = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(seed + 7))[:records]
+    return train_ds.subset(sorted(pick.tolist()))
+
+
+def steps(config: dict[str, Any]) -> int:
+    """Progress steps of the section: one per model trained (the clean one, one per attack and fraction,
+    and for a backdoor the poisoned model the sanitiser reads and the retrain without what it removed)."""
+    backdoor = any(name == "badnets" for _, name, _ in config["attacks"])
+    return 1 + len(config["attacks"]) * len(config["fractions"]) + 2 * backdoor
+
+
 def poisoning_config(
-    train_ds: Dataset, fractions: tuple[float, ...] = DEFAULT_FRACTIONS, epochs: int = DEFAULT_EPOCHS
+    train_ds: Dataset,
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
+    epochs: int = DEFAULT_EPOCHS,
+    of: int | None = None,
 ) -> dict[str, Any]:
-    """config.json's `poisoning`: everything the section's measurements depend on."""
+    """config.json's `poisoning`: everything the section's measurements depend on; `of`: the size of the
+    training set `train_ds` was drawn from (`training_subset`), when it is a subset."""
     patch = max(1, min(3, train_ds.input_shape[1] // 4))
     return {
         "fractions": [float(f) for f in sorted(fractions)],
         "train_records": len(train_ds),
+        **({"drawn_from": of} if of is not None and of != len(train_ds) else {}),
         "recipe": {"arch": DEFAULT_ARCH, "epochs": epochs, "lr": TRAIN_LR, "batch_size": TRAIN_BATCH},
         "attacks": [
             [label, name, {**params, "patch_size": patch} if name == "badnets" else params]
@@ -91,14 +117,20 @@ def _measure(run: AuditRun, train_ds: Dataset, test_ds: Dataset, config: dict[st
         seed=run.seed,
         device=str(run.oracle.device),
     )
-    pipeline = zoo_pipeline(r["arch"], arch_config, train_cfg)
+    trainer = zoo_pipeline(r["arch"], arch_config, train_cfg)
+
+    def pipeline(data: Dataset) -> nn.Module:
+        model = trainer(data)
+        run.tick()
+        return model
+
     fractions = config["fractions"]
-    run.status("poisoning: the clean pipeline")
+    run.status("the clean pipeline")
     clean = pipeline(train_ds)  # shared by every sweep's fraction-0 point
     rows = []
     backdoor: BadNets | None = None
     for label, name, params in config["attacks"]:
-        run.status(f"poisoning: {label}")
+        run.status(label)
         attack = POISONING.get(name)(**params)
         sweep = fraction_sweep(attack, train_ds, test_ds, pipeline, fractions, seed=run.seed, baseline=clean)
         rows.append(
@@ -114,7 +146,7 @@ def _measure(run: AuditRun, train_ds: Dataset, test_ds: Dataset, config: dict[st
             backdoor = attack
     defense = None
     if backdoor is not None:
-        run.status("poisoning: spectral signatures")
+        run.status("spectral signatures")
         largest = fractions[-1]
         poisoned = backdoor(train_ds, fraction=largest, seed=run.seed)
         model = pipeline(poisoned.data)

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from torch import nn
 
 from ramparts.audit import blackbox as bb
@@ -61,6 +51,7 @@ from ramparts.audit.model import (
     training_identity,
     wrap,
 )
+from ramparts.audit.progress import AuditProgress
 from ramparts.audit.report import AuditReport, describe_data, reference_row, worst_case
 from ramparts.audit.run_folder import open_run_folder, run_config
 from ramparts.audit.runner import CONFIDENT, AuditRun
@@ -75,23 +66,6 @@ from ramparts.report.html import write_html
 from ramparts.report.json import write_json
 from ramparts.report.summary import attack_citation, headlines
 from ramparts.theft import THEFTS
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator[Progress]:
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("left"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not (enabled and console.is_terminal),
-        transient=False,
-    ) as bar:
-        yield bar
 
 
 def run_audit(
@@ -119,6 +93,7 @@ def run_audit(
     theft_seeds: int = th.DEFAULT_THEFT_SEEDS,
     membership_shadows: int = mi.DEFAULT_SHADOWS,
     poisoning_fractions: Sequence[float] | None = po.DEFAULT_FRACTIONS,
+    poisoning_records: int = 0,
     encryption: bool = True,
     encryption_queries: int = en.DEFAULT_QUERIES,
     settings: Mapping[str, Any] | None = None,
@@ -152,7 +127,9 @@ def run_audit(
     encryptable x^2 twin is trained where the training data is known and the model is not encryptable as it
     is), with `encryption_queries` single encrypted queries timed besides the batch of audited images.
     `poisoning_fractions`: poisoned shares of the training set for the poisoning section (None or empty: no
-    section); it retrains the default recipe, so it runs where the training data is known, like membership.
+    section); it retrains the default recipe, so it runs where the training data is known, like membership;
+    `poisoning_records` > 0 retrains on that many training records drawn with `seed` (a CPU budget for large
+    training sets; 0: all of them).
     `defense_steps`: when `model` is a `DefendedModel`, the defence section judges the whole defence at the
     reference eps with PGD crafted on its bare classifier and with `adaptive_pgd` (BPDA, EOT over
     `defense_eot_samples` draws for a random defence, the detector term), each of `defense_steps` steps
@@ -174,6 +151,7 @@ def run_audit(
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise invalid(name, value, f"an integer >= {low}")
     fractions = po.check_fractions(poisoning_fractions)
+    check_int("poisoning_records", poisoning_records, 0)
     if fail_under is not None and (
         isinstance(fail_under, bool) or not isinstance(fail_under, int | float) or not 0 <= fail_under <= 1
     ):
@@ -252,7 +230,9 @@ def run_audit(
         else mi.membership_config(train_ds, test_ds, membership_shadows, epochs),
         poisoning=None
         if train_ds is None or "poisoning" in unavailable or "poisoning" in switched_off
-        else po.poisoning_config(train_ds, fractions, epochs),
+        else po.poisoning_config(
+            po.training_subset(train_ds, poisoning_records, seed), fractions, epochs, of=len(train_ds)
+        ),
     )
     for retrains in ("membership", "poisoning"):  # they build the default recipe; a given model's may differ
         if config[retrains] is not None:
@@ -300,23 +280,39 @@ def run_audit(
     info: dict[str, Any] = dict(model_info or {})
     model_reused = False
 
-    with _progress(progress) as bar:
-        one_step = sum(
-            config[key] is not None for key in ("theft", "membership", "poisoning", "defense", "encryption")
-        )
-        steps = len(linf) * len(grid) + len(minimal) + len(black) * len(budgets) + one_step
-        task = bar.add_task("audit", total=steps + (model is None) + 1)
+    ran = {
+        "defence": config["defense"] is not None and defended is not None,
+        "theft": config["theft"] is not None,
+        "membership": config["membership"] is not None and train_ds is not None,
+        "poisoning": config["poisoning"] is not None and train_ds is not None,
+        "encryption": config["encryption"] is not None
+        and (oracle is None or isinstance(oracle, TorchOracle)),
+    }
+    steps = len(linf) * len(grid) + len(minimal) + len(black) * len(budgets) + sum(ran.values())
+    plan = {
+        "training": int(oracle is None),
+        "white-box": len(linf) * len(grid) + len(minimal),
+        "defence": de.STEPS * ran["defence"],
+        "black-box": len(black) * len(budgets),
+        "theft": th.STEPS * ran["theft"],
+        "membership": mi.steps(config["membership"]) if ran["membership"] else 0,
+        "poisoning": po.steps(config["poisoning"]) if ran["poisoning"] else 0,
+        "encryption": en.STEPS * ran["encryption"],
+        "report": 1,
+    }
+    with AuditProgress(plan, enabled=progress) as bar:
         if oracle is None:
+            bar.section("training")
             saved = recorded.metrics.get("model") if recorded is not None else None
             module = load_trained_model(out, saved) if out is not None and isinstance(saved, dict) else None
             if module is not None and isinstance(saved, dict):
                 info, model_reused = dict(saved), True
             else:
-                bar.update(task, description=f"training {DEFAULT_ARCH} ({epochs} epochs)")
+                bar.status(f"{DEFAULT_ARCH} ({epochs} epochs)")
                 t0 = time.perf_counter()
                 module, info = train_default_model(_trainable(train_ds), test_ds, epochs=epochs, seed=seed)
                 timings["train_s"] = time.perf_counter() - t0
-            bar.advance(task)
+            bar.advance()
             oracle = wrap(module, test_ds)
         torch_module = oracle.model if isinstance(oracle, TorchOracle) else None
         if torch_module is not None:
@@ -326,68 +322,62 @@ def run_audit(
         info.setdefault("knowledge", oracle.knowledge.name.lower())
         if out is not None and not model_reused:
             save_model(oracle, info, data, bounds, out)
-        run = AuditRun(
-            oracle,
-            test_ds,
-            n,
-            seed,
-            bounds,
-            grid,
-            out,
-            lambda text: bar.update(task, description=text),
-            recorded,
-            info,
-        )
+        run = AuditRun(oracle, test_ds, n, seed, bounds, grid, out, bar, recorded, info)
         run.write_metrics()
+        if plan["white-box"]:
+            bar.section("white-box")
         for check in linf:
             t0 = time.perf_counter()
-            run.sweep(check, grid, on_step=lambda: bar.advance(task))
+            run.sweep(check, grid, on_step=run.tick)
             timings[f"{check.key}_s"] = time.perf_counter() - t0
         for check in minimal:
             t0 = time.perf_counter()
             run.minimum_norm(check)
             timings[f"{check.key}_s"] = time.perf_counter() - t0
-            bar.advance(task)
+            run.tick()
         guarded = None
-        if config["defense"] is not None and defended is not None:
+        if ran["defence"] and defended is not None:
+            bar.section("defence")
             t0 = time.perf_counter()
             guarded = de.defense_section(run, defended, config["defense"])
             timings["defense_s"] = time.perf_counter() - t0
-            bar.advance(task)
         sections: dict[str, dict[str, Any]] = {}
+        if black and budgets:
+            bar.section("black-box")
         for bcheck in black:
             t0 = time.perf_counter()
             threat = bb.threat_for(bcheck, ref=ref, l2_eps=l2_eps, bounds=bounds)
             sections[bcheck.key] = bb.budget_sweep(
-                run, bcheck, budgets, threat, config["blackbox"]["n"], on_step=lambda: bar.advance(task)
+                run, bcheck, budgets, threat, config["blackbox"]["n"], on_step=run.tick
             )
             timings[f"bb_{bcheck.key}_s"] = time.perf_counter() - t0
         stolen = None
-        if config["theft"] is not None:
+        if ran["theft"]:
+            bar.section("theft")
             t0 = time.perf_counter()
             stolen = th.theft_section(run, test_ds, config["theft"])
             timings["theft_s"] = time.perf_counter() - t0
-            bar.advance(task)
         leaks = None
-        if config["membership"] is not None and train_ds is not None:
+        if ran["membership"] and train_ds is not None:
+            bar.section("membership")
             t0 = time.perf_counter()
             leaks = mi.membership_section(run, train_ds, test_ds, config["membership"])
             timings["membership_s"] = time.perf_counter() - t0
-            bar.advance(task)
         poisoned = None
-        if config["poisoning"] is not None and train_ds is not None:
+        if ran["poisoning"] and train_ds is not None:
+            bar.section("poisoning")
             t0 = time.perf_counter()
-            poisoned = po.poisoning_section(run, train_ds, test_ds, config["poisoning"])
+            poison_ds = po.training_subset(train_ds, poisoning_records, seed)
+            poisoned = po.poisoning_section(run, poison_ds, test_ds, config["poisoning"])
             timings["poisoning_s"] = time.perf_counter() - t0
-            bar.advance(task)
         encrypted = None
-        if config["encryption"] is not None and torch_module is not None:
+        if ran["encryption"] and torch_module is not None:
+            bar.section("encryption")
             t0 = time.perf_counter()
             encrypted = en.encryption_section(run, torch_module, train_ds, test_ds, config["encryption"])
             timings["encryption_s"] = time.perf_counter() - t0
-            bar.advance(task)
 
-        bar.update(task, description="report")
+        bar.section("report")
         t0 = time.perf_counter()
         # No white-box battery (a model without gradients): no worst case, rather than the clean accuracy.
         worst = worst_case(run.findings, grid if checks else [], run.masks, run.correct)
@@ -489,7 +479,7 @@ def run_audit(
             write_html(report.to_dict(), report.figures, out / "report.html")
             timings["total_s"] = time.perf_counter() - t_start
             write_json(report.to_dict(), out / "report.json")
-        bar.advance(task)
+        bar.close()
     return report
 
 

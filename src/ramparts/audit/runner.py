@@ -17,8 +17,10 @@ import torch
 
 from ramparts.audit import blackbox
 from ramparts.audit.checks import Check, l2_cap
+from ramparts.audit.progress import AuditProgress
 from ramparts.audit.run_folder import Recorded, write_metrics
 from ramparts.data import Dataset
+from ramparts.evasion.base import auto_batch_size
 from ramparts.oracles import Oracle
 from ramparts.report import plots
 from ramparts.report.summary import eps_label
@@ -44,11 +46,14 @@ class AuditRun:
         bounds: tuple[float, float],
         grid: list[float],
         out: Path | None,
-        status: Callable[[str], None],
+        progress: AuditProgress,
         recorded: Recorded | None = None,
         model_info: dict[str, Any] | None = None,
     ) -> None:
-        self.oracle, self.seed, self.bounds, self.out, self.status = oracle, seed, bounds, out, status
+        self.oracle, self.seed, self.bounds, self.out = oracle, seed, bounds, out
+        self.progress = progress
+        self.status = progress.status
+        self.tick = progress.advance
         self.model_info = model_info
         self.classes = test_ds.classes
         pick = torch.randperm(len(test_ds), generator=torch.Generator().manual_seed(seed))[
@@ -78,6 +83,7 @@ class AuditRun:
         self.recorded = recorded if recorded is not None and self._matches(recorded) else Recorded()
         self.reused = 0
         self.started: set[str] = set()
+        self.batch_size = auto_batch_size(oracle.device, self.x.shape[1:])
 
     def _matches(self, recorded: Recorded) -> bool:
         """Whether the record was measured on these very samples with this model's clean predictions."""
@@ -110,7 +116,9 @@ class AuditRun:
             summary = None
             if len(alive):
                 threat = ThreatModel(norm="linf", eps=eps, bounds=self.bounds)
-                res = check.build()(self.oracle, x[alive], y[alive], threat, seed=self.seed)
+                res = check.build()(
+                    self.oracle, x[alive], y[alive], threat, seed=self.seed, batch_size=self.batch_size
+                )
                 won = res.success & (res.adv_pred != y[alive])
                 broken[alive[won]] = True
                 eps_broken[alive[won]] = eps
@@ -183,7 +191,9 @@ class AuditRun:
             threat = ThreatModel(
                 norm=check.norm, eps=l2_cap(self.x[0].numel(), self._width), bounds=self.bounds
             )
-            res = check.build()(self.oracle, self.x[idx], self.y[idx], threat, seed=self.seed)
+            res = check.build()(
+                self.oracle, self.x[idx], self.y[idx], threat, seed=self.seed, batch_size=self.batch_size
+            )
             dist = res.distance[res.success].cpu().numpy().astype(np.float64)
             median = float(np.median(dist)) if dist.size else None
             stats.update(

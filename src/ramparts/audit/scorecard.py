@@ -9,7 +9,9 @@ data do not allow it: training data, gradients, scores, the model's layers), els
 - Evasion (white-box, black-box) and the defence: the share of the correctly classified images the model keeps
   under the strongest attack, `kept` = robust accuracy / clean accuracy at the reference eps (black-box: 1 - the
   success rate among the attacked images, which are the correctly classified ones); critical below 25%, high below
-  50%, medium below 80%.
+  50%, medium below 80%. The black-box row is rated on the attacks whose budget fits in the reference linf ball
+  (an L2 attack: eps at most the norm of the ball's corners, eps * sqrt(input size)), so it speaks of the same
+  threat as the white-box row; larger budgets are noted, and rated only when nothing else ran.
 - Model theft: the label-only copy's fidelity (agreement with the model): critical from 90%, high from 75%,
   medium from 50%.
 - Membership inference: lift = TPR / FPR of the strongest attack at the section's low FPR (chance is 1; Carlini
@@ -24,6 +26,7 @@ data do not allow it: training data, gradients, scores, the model's layers), els
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -178,6 +181,25 @@ def _evasion_whitebox(report: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
+def _within_reference(report: Mapping[str, Any], section: Mapping[str, Any]) -> bool | None:
+    """Whether a black-box attack's budget is no larger than the reference linf ball (None: unknown).
+
+    linf: its eps is at most the reference eps. L2: its eps is at most the L2 norm of the reference ball's
+    corners, eps * sqrt(input size), so every perturbation it may use has no more energy than the largest
+    one the white-box row allows (digits, 8/255: 0.25; CIFAR-10: 1.74).
+    """
+    ref = (report.get("reference") or {}).get("eps")
+    eps = section.get("eps")
+    if ref is None or eps is None:
+        return None
+    if section.get("norm") == "linf":
+        return float(eps) <= float(ref) + 1e-9
+    shape = (report.get("data") or {}).get("input_shape")
+    if section.get("norm") != "l2" or not shape:
+        return None
+    return float(eps) <= float(ref) * math.sqrt(math.prod(int(d) for d in shape)) + 1e-9
+
+
 def _evasion_blackbox(report: Mapping[str, Any]) -> dict[str, Any]:
     threat = "evasion_blackbox"
     reason = skip_reason(report, threat)
@@ -189,9 +211,28 @@ def _evasion_blackbox(report: Mapping[str, Any]) -> dict[str, Any]:
             threat,
             reason or "no black-box attack produced a result (no correctly classified image to attack)",
         )
-    best = max(checks, key=lambda s: s["rows"][-1]["success_rate"])
+    comparable = [s for s in checks if _within_reference(report, s) is not False]
+    rated = comparable or checks
+    best = max(rated, key=lambda s: s["rows"][-1]["success_rate"])
     last = best["rows"][-1]
     success = float(last["success_rate"])
+    notes = []
+    ref_label = (report.get("reference") or {}).get("eps_label")
+    for other in checks:
+        if other in comparable:
+            continue
+        rate = float(other["rows"][-1]["success_rate"])
+        notes.append(
+            f"{other['label']} at {other['norm']} eps={other['eps_label']} (a larger budget than the "
+            f"reference linf eps={ref_label}) fools {_pct(rate)}"
+            + (
+                "; rated on it: no attack ran within the reference budget"
+                if not comparable
+                else ": not rated"
+            )
+        )
+    if reason:
+        notes.append(f"not run: {reason}")
     return _row(
         threat,
         severity=_below(1.0 - success, KEPT_THRESHOLDS),
@@ -201,8 +242,9 @@ def _evasion_blackbox(report: Mapping[str, Any]) -> dict[str, Any]:
             f"({best['norm']} eps={best['eps_label']})"
         ),
         attack=f"{best['label']} ({best['knowledge']}-only)",
-        rule=_kept_rule(1.0 - success),
-        note=f"not run: {reason}" if reason else None,
+        rule=_kept_rule(1.0 - success)
+        + "; rated on the attacks whose budget fits in the reference linf ball (L2: its corners' norm)",
+        note="; ".join(notes) or None,
     )
 
 

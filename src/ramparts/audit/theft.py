@@ -42,6 +42,10 @@ def resolve_theft(value: str | None) -> str | None:
     return name
 
 
+# Progress steps of the section: the theft, then the transfer attack.
+STEPS = 2
+
+
 def transfer_eps(ref: float, grid: list[float], bounds: tuple[float, float]) -> list[float]:
     """The reference eps and a larger one: the grid's largest, else 4x the reference (within the bounds)."""
     width = bounds[1] - bounds[0]
@@ -94,7 +98,7 @@ def theft_section(run: AuditRun, test_ds: Dataset, config: dict[str, Any]) -> di
 
 def _measure(run: AuditRun, test_ds: Dataset, config: dict[str, Any]) -> dict[str, Any]:
     seed_idx, evaluate = split(run, test_ds, config["seeds"])
-    run.status(f"theft: {config['attack']} from {config['seeds']} seeds")
+    run.status(f"{config['attack']} from {config['seeds']} seeds")
     x_eval, y_eval = run.x[evaluate], run.y[evaluate]
     eval_ds = Dataset(x_eval.cpu(), y_eval.cpu(), classes=run.classes, name="audited images")
     attack = THEFTS.get(config["attack"])(**{**config["params"], "bounds": run.bounds})
@@ -102,7 +106,8 @@ def _measure(run: AuditRun, test_ds: Dataset, config: dict[str, Any]) -> dict[st
         torch.manual_seed(run.seed)
         result = attack(run.oracle, test_ds.x[seed_idx], eval_ds, seed=run.seed)
     summary = result.summary()
-    run.status("theft: transfer")
+    run.tick()
+    run.status("transfer")
     rows = transfer_attack(
         result.substitute,
         run.oracle,
@@ -115,6 +120,7 @@ def _measure(run: AuditRun, test_ds: Dataset, config: dict[str, Any]) -> dict[st
     )
     for row in rows:
         row["eps_label"] = eps_label(row["eps"], bounds=run.bounds)
+    run.tick()
     return {
         "label": "Jacobian-based substitute training",
         "n_eval": len(x_eval),

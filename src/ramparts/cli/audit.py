@@ -137,6 +137,13 @@ def audit_command(
             help="Poisoned shares of the training set for the poisoning section, e.g. 0.01,0.05 (none skips it).",
         ),
     ] = None,
+    poisoning_records: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Training records the poisoning section retrains on, drawn with the seed (0: all of them).",
+        ),
+    ] = None,
     encryption: Annotated[
         bool | None,
         typer.Option(
@@ -168,6 +175,7 @@ def audit_command(
     from ramparts.audit import RunFolderMismatchError, run_audit
     from ramparts.audit.gate import check_settings, evaluate_gate, numeric_bound, parse_gate
     from ramparts.audit.profiles import resolve_settings
+    from ramparts.report.html import write_html
     from ramparts.report.json import write_json
 
     given = {
@@ -189,6 +197,7 @@ def audit_command(
         "theft_seeds": theft_seeds,
         "membership_shadows": membership_shadows,
         "poisoning_fractions": poisoning_fractions,
+        "poisoning_records": poisoning_records,
         "encryption": encryption,
         "encryption_queries": encryption_queries,
         "defense_steps": defense_steps,
@@ -243,6 +252,7 @@ def audit_command(
     if outcome is not None:
         report.gate = outcome.record(report.gate)
         write_json(report.to_dict(), folder / "report.json")
+        write_html(report.to_dict(), report.figures, folder / "report.html")
     if json_output:
         print_json(report.to_dict())
     else:

@@ -194,14 +194,23 @@ class EvasionAttack(HasParams):
         max_queries: int | None = None,
         early_stop: bool = True,
         progress: Callable[[AttackProgress], None] | None = None,
+        batch_size: int | None = None,
     ) -> EvasionResult:
         """Attack the batch `(x, y)` of `target` within `threat`; see the class docstring for the method.
 
         `targets`: per-sample classes when `threat.target == "given"`. `max_queries`: per-sample budget
         of queries (forward evaluations). `early_stop`: samples stop costing compute once they reach the
         goal (on by default, as an evaluation wants). `progress`: called with an `AttackProgress` at most
-        ten times a second while the attack runs, and once at the end.
+        ten times a second while the attack runs, and once at the end. `batch_size`: attack at most this
+        many samples at a time (`auto_batch_size` gives a CPU-friendly size); the chunks share `seed`.
         """
+        if batch_size is not None:
+            if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+                raise invalid("batch_size", batch_size, "an integer >= 1 or None (the whole batch at once)")
+            if isinstance(x, Tensor) and len(x) > batch_size:
+                return self._in_chunks(
+                    target, x, y, threat, targets, seed, max_queries, early_stop, progress, batch_size
+                )
         self.validate_params()
         if not isinstance(threat, ThreatModel):
             raise invalid("threat", threat, "a ramparts.ThreatModel", cls=RampartsTypeError)
@@ -266,6 +275,41 @@ class EvasionAttack(HasParams):
             budget_exhausted=exhausted,
         )
 
+    def _in_chunks(
+        self,
+        target: Any,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        targets: Tensor | None,
+        seed: int,
+        max_queries: int | None,
+        early_stop: bool,
+        progress: Callable[[AttackProgress], None] | None,
+        batch_size: int,
+    ) -> EvasionResult:
+        """`__call__` on consecutive chunks of `batch_size` samples, merged into one result."""
+        if not isinstance(y, Tensor) or len(y) != len(x):
+            raise invalid("y", getattr(y, "shape", type(y).__name__), f"a tensor of {len(x)} labels")
+        parts: list[EvasionResult] = []
+        for start in range(0, len(x), batch_size):
+            rows = slice(start, start + batch_size)
+            report = None if progress is None else _offset_progress(progress, parts, len(x))
+            parts.append(
+                self(
+                    target,
+                    x[rows],
+                    y[rows],
+                    threat,
+                    targets=None if targets is None else targets[rows],
+                    seed=seed,
+                    max_queries=max_queries,
+                    early_stop=early_stop,
+                    progress=report,
+                )
+            )
+        return EvasionResult.concat(parts)
+
     def _check_threat(self, threat: ThreatModel) -> None:
         """Reject a norm, goal or target rule the attack's paper does not cover."""
         if threat.norm not in self.norms:
@@ -283,6 +327,46 @@ class EvasionAttack(HasParams):
     @abstractmethod
     def _run(self, ctx: AttackContext) -> None:
         """Search for adversarial examples, offering candidates to `ctx.tracker`."""
+
+
+def _offset_progress(
+    progress: Callable[[AttackProgress], None], done: list[EvasionResult], n: int
+) -> Callable[[AttackProgress], None]:
+    """A chunk's progress callback that reports the whole batch: the finished chunks plus this one."""
+    succeeded = sum(int(p.success.sum()) for p in done)
+    queries = sum(int(p.queries.sum()) for p in done)
+    most = max((int(p.queries.max()) for p in done), default=0)
+    elapsed = sum(p.elapsed_s for p in done)
+
+    def report(p: AttackProgress) -> None:
+        progress(
+            AttackProgress(
+                p.attack,
+                n,
+                succeeded + p.succeeded,
+                queries + p.queries_total,
+                max(most, p.queries_max),
+                elapsed + p.elapsed_s,
+            )
+        )
+
+    return report
+
+
+# Input elements per batch on a CPU: larger batches spill the caches and run slower per sample
+# (MNIST small_cnn forward+backward: 0.58 s per 1,024 images at 128 a batch, 1.31 s at 1,024).
+_CPU_BATCH_ELEMENTS = 2**17
+
+
+def auto_batch_size(device: torch.device | str, sample_shape: Sequence[int]) -> int | None:
+    """A batch size for attacks on `device`: None (the whole batch) on an accelerator; on a CPU,
+    as many samples as fit in `_CPU_BATCH_ELEMENTS` input elements."""
+    if torch.device(device).type != "cpu":
+        return None
+    numel = 1
+    for d in sample_shape:
+        numel *= int(d)
+    return max(1, _CPU_BATCH_ELEMENTS // max(1, numel))
 
 
 def _synchronize(device: torch.device) -> None:

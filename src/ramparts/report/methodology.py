@@ -251,7 +251,8 @@ def _poisoning_rows(
             {**row.get("params", {}), "recipe": config.get("recipe")},
             {},
             seed,
-            f"poisoned shares {fractions} of {config.get('train_records')} training records",
+            f"poisoned shares {fractions} of {config.get('train_records')} training records"
+            + (f" (drawn from {config['drawn_from']})" if config.get("drawn_from") else ""),
             f"{len(row.get('curve') or [])} models retrained",
             timings.get("poisoning_s") if i == 0 else None,
             citations.get(row["label"]),

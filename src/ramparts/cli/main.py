@@ -11,6 +11,7 @@ from ramparts.cli.attack import attack_command
 from ramparts.cli.audit import audit_command
 from ramparts.cli.encrypt import encrypt_app
 from ramparts.cli.env import env_command
+from ramparts.cli.gateway import gateway_app, serve_command
 from ramparts.cli.harden import harden_command
 from ramparts.cli.membership import membership_command
 from ramparts.cli.poison import poison_command
@@ -35,6 +36,8 @@ app.command("shill")(shill_command)
 app.command("harden")(harden_command)
 app.add_typer(encrypt_app, name="encrypt")
 app.command("env")(env_command)
+app.command("serve")(serve_command)
+app.add_typer(gateway_app, name="gateway")
 
 
 def main() -> None:

@@ -37,6 +37,20 @@ PEER_MODULES = ("torchattacks", "foolbox", "eagerpy", "art")
 # --------------------------------------------------------------------------------------- machine
 
 
+def art_classifier(model: nn.Module, device: torch.device, input_shape: tuple[int, ...] = INPUT_SHAPE) -> Any:
+    """ART's PyTorchClassifier around `model` (10 classes, inputs in [0, 1]) on `device`'s kind."""
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(
+        model=model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=input_shape,
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="gpu" if device.type == "cuda" else "cpu",
+    )
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

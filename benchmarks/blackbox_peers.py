@@ -52,6 +52,7 @@ from _common import (
     ARCH,
     INPUT_SHAPE,
     ROOT,
+    art_classifier,
     fmt,
     get_model,
     load_mnist_test,
@@ -192,16 +193,7 @@ class Bench:
 
     def art_classifier(self) -> Any:
         if self._art_clf is None:
-            from art.estimators.classification import PyTorchClassifier
-
-            self._art_clf = PyTorchClassifier(
-                model=self.cm,
-                loss=nn.CrossEntropyLoss(),
-                input_shape=INPUT_SHAPE,
-                nb_classes=10,
-                clip_values=(0.0, 1.0),
-                device_type="gpu" if self.device.type == "cuda" else "cpu",
-            )
+            self._art_clf = art_classifier(self.cm, self.device)
         return self._art_clf
 
     # --- ours -----------------------------------------------------------------------------------

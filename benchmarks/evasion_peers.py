@@ -44,6 +44,7 @@ from _common import (
     ARCH,
     INPUT_SHAPE,
     ROOT,
+    art_classifier,
     fmt,
     machine_info,
     machine_label,
@@ -187,16 +188,8 @@ def art_pgd(
     device: torch.device,
 ) -> Runner:
     from art.attacks.evasion import ProjectedGradientDescent
-    from art.estimators.classification import PyTorchClassifier
 
-    clf = PyTorchClassifier(
-        model=model,
-        loss=nn.CrossEntropyLoss(),
-        input_shape=INPUT_SHAPE,
-        nb_classes=10,
-        clip_values=(0.0, 1.0),
-        device_type="gpu" if device.type == "cuda" else "cpu",
-    )
+    clf = art_classifier(model, device)
     pgd = ProjectedGradientDescent(
         clf,
         norm=np.inf,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator
 
@@ -97,3 +98,50 @@ def test_batched_shadow_training_on_cuda(precision: str, compiled: bool) -> None
             held_out[run].append(right[outside].float().mean().item())
     fast, reference = (sum(v) / len(v) for v in (held_out["fast"], held_out["reference"]))
     assert abs(fast - reference) < 0.05, f"held-out accuracy {fast:.1%} vs {reference:.1%} (fp32 sequential)"
+
+
+# ------------------------------------------------------------------ fast attacks (issue 11): bf16, compile
+
+
+def _all_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """Every embedded digit (1,797) on CUDA: 0.5 points is then 8 images, room for bf16's boundary flips."""
+    from ramparts.data import load_digits
+
+    ds = load_digits()
+    return ds.x.cuda(), ds.y.cuda()
+
+
+def _robust(
+    oracle: TorchOracle,
+    name: str,
+    compaction: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    judge: torch.nn.Module,
+) -> float:
+    """Robust accuracy under the attack, judged by the fp32 eager model `judge` on the returned x_adv."""
+    attack = ATTACKS.get(name)(steps=20, compaction=compaction)
+    x_adv = attack(oracle, x, y, ThreatModel(eps=0.1), seed=1).x_adv
+    with torch.no_grad():
+        return float((judge(x_adv).argmax(1) == y).float().mean())
+
+
+@pytest.mark.parametrize("name", ["pgd", "apgd"])
+def test_bf16_channels_last_bucketed_matches_fp32_eager(name: str, digits_model: Trained) -> None:
+    model = copy.deepcopy(digits_model.model).cuda()
+    x, y = _all_digits()
+    reference = _robust(TorchOracle(copy.deepcopy(model), input_shape=(1, 8, 8)), name, "exact", x, y, model)
+    fast = TorchOracle(copy.deepcopy(model), input_shape=(1, 8, 8), precision="bf16", channels_last=True)
+    robust = _robust(fast, name, "bucketed", x, y, model)
+    assert 0.0 < reference < 0.9, "a budget where the attack breaks some images and not others"
+    assert abs(robust - reference) <= 0.005, f"bf16 {robust:.2%} vs fp32 eager {reference:.2%}"
+
+
+@pytest.mark.parametrize("name", ["pgd", "apgd"])
+def test_compiled_matches_eager(name: str, digits_model: Trained) -> None:
+    model = copy.deepcopy(digits_model.model).cuda()
+    x, y = _all_digits()
+    eager = _robust(TorchOracle(copy.deepcopy(model), input_shape=(1, 8, 8)), name, "bucketed", x, y, model)
+    compiled = TorchOracle(copy.deepcopy(model), input_shape=(1, 8, 8), compile="default")
+    robust = _robust(compiled, name, "bucketed", x, y, model)
+    assert abs(robust - eager) <= 0.005, f"compiled {robust:.2%} vs eager {eager:.2%}"

@@ -31,6 +31,7 @@ class LabelBox:
         "_whole_calls",
         "budget",
         "num_classes",
+        "tolerance",
     )
 
     def __init__(self, oracle: Oracle, n: int, budget: int | None = None) -> None:
@@ -40,6 +41,8 @@ class LabelBox:
             )
         self.budget = budget
         self.num_classes = oracle.num_classes
+        # Reduced-precision oracles (TorchOracle in bf16) blur margins near 0 by this share of |logits|.
+        self.tolerance = float(oracle.decision_tolerance)
         # Calls on the whole batch are counted in Python (no kernel per step); sub-batches per sample.
         self._whole_calls = 0
         self._whole_backwards = 0
@@ -73,18 +76,23 @@ class LabelBox:
         used = self.forwards if idx is None else self.forwards[idx]
         return self.budget - used
 
-    def _charge(self, x: Tensor, idx: Tensor | None, backward: bool = False) -> None:
+    def _charge(
+        self, x: Tensor, idx: Tensor | None, backward: bool = False, active: Tensor | None = None
+    ) -> None:
         n = len(self._forwards)
+        if idx is None and len(x) != n:
+            raise invalid("idx", None, f"sample indices for a sub-batch of {len(x)} out of {n}")
+        if idx is not None and len(idx) != len(x):
+            raise invalid("idx", len(idx), f"one index per row of x ({len(x)})")
+        if active is not None:
+            self._charge_active(idx, backward, active)
+            return
         if idx is None:
-            if len(x) != n:
-                raise invalid("idx", None, f"sample indices for a sub-batch of {len(x)} out of {n}")
             if self.budget is not None and bool((self.forwards + 1 > self.budget).any()):
                 raise QueryBudgetExceeded(f"query budget of {self.budget} per sample reached")
             self._whole_calls += 1
             self._whole_backwards += int(backward)
             return
-        if len(idx) != len(x):
-            raise invalid("idx", len(idx), f"one index per row of x ({len(x)})")
         if self.budget is not None:
             need = torch.bincount(idx, minlength=n)
             if bool((self.forwards + need > self.budget).any()):
@@ -93,6 +101,20 @@ class LabelBox:
         self._forwards.index_add_(0, idx, ones)
         if backward:
             self._backwards.index_add_(0, idx, ones)
+
+    def _charge_active(self, idx: Tensor | None, backward: bool, active: Tensor) -> None:
+        """Charge only the rows where `active` is True: the others (finished samples kept in a fixed-size
+        batch, padding) are computed but are not queries of the attack. No host sync without a budget."""
+        if active.shape != (len(self._forwards) if idx is None else len(idx),) or active.dtype != torch.bool:
+            raise invalid("active", tuple(active.shape), "one boolean per row of x")
+        need = active.long()
+        if idx is not None:
+            need = torch.zeros_like(self._forwards).index_add_(0, idx, need)
+        if self.budget is not None and bool((self.forwards + need > self.budget).any()):
+            raise QueryBudgetExceeded(f"query budget of {self.budget} per sample reached")
+        self._forwards += need
+        if backward:
+            self._backwards += need
 
     def labels(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
         """Predicted classes of `x`; `idx` names the batch samples the rows belong to (repeats allowed)."""
@@ -127,14 +149,21 @@ class WhiteBox(ScoreBox):
         super().__init__(oracle, n, budget)
         self._ask_logits = _closure(oracle.logits)
 
-    def logits(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
-        self._charge(x, idx)
+    def logits(self, x: Tensor, idx: Tensor | None = None, active: Tensor | None = None) -> Tensor:
+        """Logits at `x`; `active` (one bool per row) charges only those rows (see `value_and_grad`)."""
+        self._charge(x, idx, active=active)
         with torch.no_grad():
             return self._ask_logits(x.detach())
 
-    def value_and_grad(self, x: Tensor, loss_fn: LossFn, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Logits at `x` and the gradient of `loss_fn(logits).sum()` w.r.t. `x` (one forward + one backward)."""
-        self._charge(x, idx, backward=True)
+    def value_and_grad(
+        self, x: Tensor, loss_fn: LossFn, idx: Tensor | None = None, active: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Logits at `x` and the gradient of `loss_fn(logits).sum()` w.r.t. `x` (one forward + one backward).
+
+        `active`: one bool per row; only those rows are charged. Fixed-shape loops (GPU active sets) keep
+        finished samples and padding in the batch: their rows are computed but are not the attack's queries.
+        """
+        self._charge(x, idx, backward=True, active=active)
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = self._ask_logits(x)

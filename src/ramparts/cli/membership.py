@@ -107,7 +107,11 @@ def membership_command(
         ),
     ] = False,
     ray: Annotated[
-        str | None, typer.Option(help="Ray cluster address (or 'auto') to spread shadow training.")
+        str | None,
+        typer.Option(
+            help="Spread shadow training: a Ray cluster address (or 'auto'), or 'gpus' / 'gpus:N' for one "
+            "worker per GPU of this host (with --device cuda)."
+        ),
     ] = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Run folder: models (resumable), results.json, roc.png.")

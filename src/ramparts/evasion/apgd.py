@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ramparts.criteria import Criterion
 from ramparts.errors import invalid
+from ramparts.evasion import buckets
 from ramparts.evasion.base import AttackContext, EvasionAttack, register
 from ramparts.evasion.gradient import ascent_direction
 from ramparts.params import Interval, Options
@@ -57,7 +58,9 @@ class APGD(EvasionAttack):
 
     Step size starts at 2 eps and halves at a checkpoint when fewer than `rho` of the steps since the
     last checkpoint increased the loss, or when neither the step size nor the best loss changed; the
-    iterate then restarts from the best point. Momentum 0.75 as in the paper.
+    iterate then restarts from the best point. Momentum 0.75 as in the paper. `compaction`: how samples
+    that reached the goal leave the batch ("auto": "bucketed" on CUDA, "exact" elsewhere; see
+    `ramparts.evasion.buckets`); the result does not depend on it.
     """
 
     norms: ClassVar = ("linf", "l2")
@@ -66,6 +69,7 @@ class APGD(EvasionAttack):
         "loss": Options(("ce", "dlr")),
         "restarts": Interval(int, 1, None),
         "rho": Interval(float, 0, 1, open_low=True, open_high=True),
+        "compaction": Options(buckets.COMPACTIONS),
     }
 
     def __init__(
@@ -76,12 +80,14 @@ class APGD(EvasionAttack):
         restarts: int = 1,
         rho: float = 0.75,
         random_start: bool = True,
+        compaction: str = "auto",
     ) -> None:
         self.steps = steps
         self.loss = loss
         self.restarts = restarts
         self.rho = rho
         self.random_start = random_start
+        self.compaction = compaction
 
     def _check_threat(self, threat: ThreatModel) -> None:
         super()._check_threat(threat)
@@ -96,13 +102,14 @@ class APGD(EvasionAttack):
         return lambda logits: dlr_loss(logits, crit.labels, crit.targets)
 
     def _run(self, ctx: AttackContext) -> None:
+        mode = buckets.resolve(self.compaction, ctx.x.device)
         for _ in range(self.restarts):
             idx = ctx.start_indices()
             if len(idx) == 0:
                 return
-            self._attack(ctx, idx)
+            self._attack(ctx, idx, mode)
 
-    def _attack(self, ctx: AttackContext, idx: Tensor) -> None:
+    def _attack(self, ctx: AttackContext, idx: Tensor, mode: str) -> None:
         box = cast(WhiteBox, ctx.box)
         threat = ctx.threat
         crit = ctx.criterion[idx]
@@ -113,6 +120,7 @@ class APGD(EvasionAttack):
         loss = self._objective(crit)(logits)
         margin = crit.margin_from_logits(logits)
         ctx.tracker.offer(rows, x, margin)
+        tol = box.tolerance
         s = {
             "idx": idx,
             "x0": x0,
@@ -121,6 +129,7 @@ class APGD(EvasionAttack):
             "grad": grad,
             "loss": loss,
             "margin": margin,
+            "go_on": buckets.goes_on(margin, logits, tol),
             "x_best": x,
             "grad_best": grad,
             "best": loss,
@@ -128,25 +137,40 @@ class APGD(EvasionAttack):
             "eta": torch.full_like(loss, 2 * threat.eps_value),
             "increases": torch.zeros_like(loss),
             "reduced": torch.zeros_like(loss, dtype=torch.bool),
+            # Rows still attacked; finished rows stay in the batch (uncharged) unless compaction is exact.
+            "live": torch.ones_like(loss, dtype=torch.bool),
         }
+        masked = ctx.early_stop and mode != "exact"
+        counter = buckets.LaggedCount(idx.device) if masked and mode == "bucketed" else None
         marks = checkpoints(self.steps)
         last_mark = 0
         shape = (-1,) + (1,) * (x.dim() - 1)
         for k in range(self.steps):
-            if ctx.early_stop:
-                keep = s["margin"] >= 0
+            if masked:
+                s["live"] = s["live"] & s["go_on"]
+                known = None if counter is None else counter.exchange(s["live"])
+                if known is not None and known <= len(s["idx"]) // 2:
+                    if known == 0:
+                        return
+                    keep = buckets.select(s["live"], buckets.bucket(known))
+                    s = {key: value[keep] for key, value in s.items()}
+                    crit, rows = crit[keep], s["idx"]
+            elif ctx.early_stop:
+                keep = s["go_on"]
                 if not bool(keep.all()):
                     s = {key: value[keep] for key, value in s.items()}
                     crit, rows = crit[keep], s["idx"]
                     if len(s["idx"]) == 0:
                         return
+            live = s["live"] if masked else None
             x, eta = s["x"], s["eta"].view(shape)
             z = threat.project(x + eta * ascent_direction(s["grad"], threat.norm), s["x0"])
             x_new = z if k == 0 else threat.project(x + 0.75 * (z - x) + 0.25 * (x - s["x_prev"]), s["x0"])
-            logits, grad = box.value_and_grad(x_new, self._objective(crit), rows)
+            logits, grad = box.value_and_grad(x_new, self._objective(crit), rows, active=live)
             loss = self._objective(crit)(logits)
             s["margin"] = crit.margin_from_logits(logits)
-            ctx.tracker.offer(rows, x_new, s["margin"])
+            s["go_on"] = buckets.goes_on(s["margin"], logits, tol)
+            ctx.tracker.offer(rows, x_new, s["margin"] if live is None else buckets.masked(s["margin"], live))
             s["increases"] = s["increases"] + (loss > s["loss"]).float()
             improved = loss > s["best"]
             s["x_best"] = torch.where(improved.view(shape), x_new, s["x_best"])

@@ -1,7 +1,10 @@
 """Gradient-based attacks with a fixed budget: FGSM, BIM, the iterative least-likely class, MI-FGSM, PGD.
 
 They share one batched loop (`iterate`): each step costs one forward and one backward pass for the
-samples still in play; with early stopping, a sample leaves the batch as soon as it reaches the goal.
+samples still in play; with early stopping, a sample stops as soon as it reaches the goal. How finished
+samples leave the batch is `compaction` (see `ramparts.evasion.buckets`): `"exact"` at once (the CPU
+default), `"bucketed"` in a few power-of-two shapes without a host sync per step (the CUDA default),
+`"off"` never (finished rows keep being computed, uncharged). All three give the same result.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import torch
 from torch import Tensor
 
 from ramparts.criteria import Criterion
+from ramparts.evasion import buckets
 from ramparts.evasion.base import AttackContext, EvasionAttack, register
 from ramparts.params import Interval, Options
 from ramparts.targets import WhiteBox
 from ramparts.threat import ThreatModel
 
 _LOSSES = ("ce", "margin")
+_COMPACTION = Options(buckets.COMPACTIONS)
 
 
 def loss_fn(criterion: Criterion, loss: str) -> Callable[[Tensor], Tensor]:
@@ -46,12 +51,17 @@ def iterate(
     step_size: float,
     loss: str = "ce",
     momentum: float = 0.0,
+    compaction: str = "exact",
 ) -> None:
     """Run `steps` projected ascent steps on the samples `idx`, starting from `x_start`.
 
     Every iterate is offered to the tracker (its logits come free with the gradient), and the last one
     after a final forward pass. With `momentum > 0` the L1-normalised gradients accumulate (MI-FGSM).
+    `compaction` ("exact", "bucketed", "off"; resolved already) only matters with early stopping.
     """
+    if ctx.early_stop and compaction != "exact":
+        _iterate_masked(ctx, x_start, idx, steps, step_size, loss, momentum, compaction == "bucketed")
+        return
     box = cast(WhiteBox, ctx.box)
     threat = ctx.threat
     x0, x_adv, crit = ctx.x[idx], x_start, ctx.criterion[idx]
@@ -64,7 +74,7 @@ def iterate(
         margin = crit.margin_from_logits(logits)
         ctx.tracker.offer(rows, x_adv, margin)
         if ctx.early_stop:
-            keep = margin >= 0
+            keep = buckets.goes_on(margin, logits, box.tolerance)
             if not bool(keep.all()):
                 idx, x0, x_adv, grad, crit = idx[keep], x0[keep], x_adv[keep], grad[keep], crit[keep]
                 rows, project = idx, threat.projector(x0)
@@ -73,12 +83,65 @@ def iterate(
                 if len(idx) == 0:
                     return
         if velocity is not None:
-            l1 = grad.abs().flatten(1).sum(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
-            velocity = momentum * velocity + grad / l1
-            grad = velocity
+            grad, velocity = _momentum(grad, velocity, momentum)
         x_adv = project(x_adv.add(ascent_direction(grad, threat.norm), alpha=step_size))
     logits = box.logits(x_adv, rows)
     ctx.tracker.offer(rows, x_adv, crit.margin_from_logits(logits))
+
+
+def _momentum(grad: Tensor, velocity: Tensor, decay: float) -> tuple[Tensor, Tensor]:
+    """MI-FGSM's update: the new velocity (decayed, plus the L1-normalised gradient), twice."""
+    l1 = grad.abs().flatten(1).sum(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+    velocity = decay * velocity + grad / l1
+    return velocity, velocity
+
+
+def _iterate_masked(
+    ctx: AttackContext,
+    x_start: Tensor,
+    idx: Tensor,
+    steps: int,
+    step_size: float,
+    loss: str,
+    momentum: float,
+    shrink: bool,
+) -> None:
+    """`iterate` with early stopping by a live mask: finished rows stay in the batch, uncharged and
+    never offered; with `shrink`, the batch drops to a power-of-two bucket once half of it is finished."""
+    box = cast(WhiteBox, ctx.box)
+    threat = ctx.threat
+    x0, x_adv, crit = ctx.x[idx], x_start, ctx.criterion[idx]
+    rows: Tensor | None = None if len(idx) == len(ctx.x) else idx
+    velocity = torch.zeros_like(x_adv) if momentum else None
+    project = threat.projector(x0)
+    live = torch.ones(len(idx), dtype=torch.bool, device=idx.device)
+    counter = buckets.LaggedCount(idx.device) if shrink else None
+    for _ in range(steps):
+        logits, grad = box.value_and_grad(x_adv, loss_fn(crit, loss), rows, active=live)
+        margin = crit.margin_from_logits(logits)
+        ctx.tracker.offer(rows, x_adv, buckets.masked(margin, live))
+        live = live & buckets.goes_on(margin, logits, box.tolerance)
+        known = None if counter is None else counter.exchange(live)
+        if known is not None and known <= len(live) // 2:
+            if known == 0:
+                return
+            keep = buckets.select(live, buckets.bucket(known))
+            idx, x0, x_adv, grad, crit, live = (
+                idx[keep],
+                x0[keep],
+                x_adv[keep],
+                grad[keep],
+                crit[keep],
+                live[keep],
+            )
+            rows, project = idx, threat.projector(x0)
+            if velocity is not None:
+                velocity = velocity[keep]
+        if velocity is not None:
+            grad, velocity = _momentum(grad, velocity, momentum)
+        x_adv = project(x_adv.add(ascent_direction(grad, threat.norm), alpha=step_size))
+    logits = box.logits(x_adv, rows, active=live)
+    ctx.tracker.offer(rows, x_adv, buckets.masked(crit.margin_from_logits(logits), live))
 
 
 @register("fgsm")
@@ -107,7 +170,8 @@ class BIM(EvasionAttack):
 
     Kurakin, Goodfellow & Bengio, "Adversarial examples in the physical world", ICLR workshop 2017.
     Defaults follow the paper for linf: a step of one pixel level (1/255 of the bounds' width) and
-    min(eps + 4, 1.25 eps) steps, eps counted in pixel levels.
+    min(eps + 4, 1.25 eps) steps, eps counted in pixel levels. `compaction`: how samples that reached the
+    goal leave the batch ("auto": "bucketed" on CUDA, "exact" elsewhere; see `ramparts.evasion.buckets`).
     """
 
     norms: ClassVar = ("linf", "l2")
@@ -115,12 +179,21 @@ class BIM(EvasionAttack):
         "steps": Interval(int, 1, None, none_ok=True),
         "step_size": Interval(float, 0, None, open_low=True, none_ok=True),
         "loss": Options(_LOSSES),
+        "compaction": _COMPACTION,
     }
 
-    def __init__(self, *, steps: int | None = None, step_size: float | None = None, loss: str = "ce") -> None:
+    def __init__(
+        self,
+        *,
+        steps: int | None = None,
+        step_size: float | None = None,
+        loss: str = "ce",
+        compaction: str = "auto",
+    ) -> None:
         self.steps = steps
         self.step_size = step_size
         self.loss = loss
+        self.compaction = compaction
 
     def schedule(self, threat: ThreatModel) -> tuple[int, float]:
         """The (steps, step size) actually used."""
@@ -135,8 +208,9 @@ class BIM(EvasionAttack):
     def _run(self, ctx: AttackContext) -> None:
         idx = ctx.start_indices()
         steps, step_size = self.schedule(ctx.threat)
+        mode = buckets.resolve(self.compaction, ctx.x.device)
         if len(idx):
-            iterate(ctx, ctx.x[idx], idx, steps=steps, step_size=step_size, loss=self.loss)
+            iterate(ctx, ctx.x[idx], idx, steps=steps, step_size=step_size, loss=self.loss, compaction=mode)
 
 
 @register("ill")
@@ -155,7 +229,7 @@ class IterativeLeastLikely(BIM):
 class MIFGSM(EvasionAttack):
     """Momentum Iterative FGSM: accumulates L1-normalised gradients with decay `decay`; transfers better.
 
-    Dong et al., "Boosting Adversarial Attacks with Momentum", CVPR 2018.
+    Dong et al., "Boosting Adversarial Attacks with Momentum", CVPR 2018. `compaction` as for `BIM`.
     """
 
     norms: ClassVar = ("linf", "l2")
@@ -164,22 +238,37 @@ class MIFGSM(EvasionAttack):
         "decay": Interval(float, 0, None),
         "step_size": Interval(float, 0, None, open_low=True, none_ok=True),
         "loss": Options(_LOSSES),
+        "compaction": _COMPACTION,
     }
 
     def __init__(
-        self, *, steps: int = 10, decay: float = 1.0, step_size: float | None = None, loss: str = "ce"
+        self,
+        *,
+        steps: int = 10,
+        decay: float = 1.0,
+        step_size: float | None = None,
+        loss: str = "ce",
+        compaction: str = "auto",
     ) -> None:
         self.steps = steps
         self.decay = decay
         self.step_size = step_size
         self.loss = loss
+        self.compaction = compaction
 
     def _run(self, ctx: AttackContext) -> None:
         idx = ctx.start_indices()
         step = self.step_size or ctx.threat.eps_value / self.steps
         if len(idx):
             iterate(
-                ctx, ctx.x[idx], idx, steps=self.steps, step_size=step, loss=self.loss, momentum=self.decay
+                ctx,
+                ctx.x[idx],
+                idx,
+                steps=self.steps,
+                step_size=step,
+                loss=self.loss,
+                momentum=self.decay,
+                compaction=buckets.resolve(self.compaction, ctx.x.device),
             )
 
 
@@ -190,6 +279,7 @@ class PGD(EvasionAttack):
     Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018.
     The default step is 2.5 eps / steps, as in the paper. Restarts attack only the samples that are
     still unbroken when early stopping is on; the per-sample best over all restarts is kept.
+    `compaction` as for `BIM`.
     """
 
     norms: ClassVar = ("linf", "l2")
@@ -198,6 +288,7 @@ class PGD(EvasionAttack):
         "step_size": Interval(float, 0, None, open_low=True, none_ok=True),
         "restarts": Interval(int, 1, None),
         "loss": Options(_LOSSES),
+        "compaction": _COMPACTION,
     }
 
     def __init__(
@@ -208,19 +299,22 @@ class PGD(EvasionAttack):
         random_start: bool = True,
         restarts: int = 1,
         loss: str = "ce",
+        compaction: str = "auto",
     ) -> None:
         self.steps = steps
         self.step_size = step_size
         self.random_start = random_start
         self.restarts = restarts
         self.loss = loss
+        self.compaction = compaction
 
     def _run(self, ctx: AttackContext) -> None:
         step = self.step_size or 2.5 * ctx.threat.eps_value / self.steps
+        mode = buckets.resolve(self.compaction, ctx.x.device)
         for _ in range(self.restarts):
             idx = ctx.start_indices()
             if len(idx) == 0:
                 return
             x0 = ctx.x[idx]
             start = ctx.threat.random_start(x0, ctx.generator) if self.random_start else x0
-            iterate(ctx, start, idx, steps=self.steps, step_size=step, loss=self.loss)
+            iterate(ctx, start, idx, steps=self.steps, step_size=step, loss=self.loss, compaction=mode)

@@ -41,6 +41,9 @@ class Oracle(ABC):
     num_classes: int
     device: torch.device
     input_shape: tuple[int, ...] | None
+    # How far below zero a margin must be, relative to the largest |logit|, before early stopping trusts a
+    # success: 0 for exact arithmetic; a reduced-precision forward (bf16) sets its rounding slack.
+    decision_tolerance: float = 0.0
 
     def logits(self, x: Tensor) -> Tensor:
         """Differentiable logits (gradient oracles only)."""

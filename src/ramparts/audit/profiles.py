@@ -27,9 +27,9 @@ Profiles (only budgets: the threat model, seed and bounds are the same in all th
 | defense_votes         | 5              | 5               | 11                     | majority vote of a random defence's answer |
 
 `quick` is `run_audit`'s defaults (what `make demo` runs: ~90 s on the digits, 2 CPU cores). `standard`
-is for the MNIST CNN on 2 CPU cores in 20 minutes (measured: benchmarks/RESULTS.md). With n = 1,000 and APGD at
-100 steps it took 25 minutes of which the white-box battery was 9 and membership 8.5; with n = 500, the battery's own
-budgets and poisoning on 10,000 records, 19.9 minutes (too close); so poisoning retrains on 5,000 records.
+is for the MNIST CNN on 2 CPU cores in 20 minutes (measured: benchmarks/RESULTS.md). With n = 500, APGD at
+100 steps and poisoning on 10,000 records it took 24.6 minutes (white-box battery 9, membership 8.5); with the
+battery's own budgets 20.0 minutes; with poisoning on 5,000 records 19.4 minutes.
 `thorough` is for one GPU.
 
 Config file keys are `run_audit`'s keyword names (see `KNOBS`), plus `profile`, `attack_params` (a table of

@@ -188,15 +188,7 @@ def keys_revoke(
     json_output: JsonOption = False,
 ) -> None:
     """Revoke a key for good (a running server refuses it from its next request on)."""
-    store = _store(db)
-    try:
-        key = store.revoke(name)
-    finally:
-        store.close()
-    if json_output:
-        print_json(_key_dict(key))
-        return
-    out.print(f"Revoked key [bold]{escape(key.name)}[/].")
+    _change_key(db, name, "revoke", json_output, "Revoked key [bold]{name}[/].")
 
 
 @keys_app.command("unblock")
@@ -207,15 +199,22 @@ def keys_unblock(
     json_output: JsonOption = False,
 ) -> None:
     """Unblock a key and reset its PRADA state (after reviewing why it was blocked)."""
+    _change_key(
+        db, name, "unblock", json_output, "Unblocked key [bold]{name}[/]; its PRADA state starts afresh."
+    )
+
+
+def _change_key(db: Path, name: str, action: str, json_output: bool, message: str) -> None:
+    """Apply the store's `action` ("revoke", "unblock") to key `name` and report the key."""
     store = _store(db)
     try:
-        key = store.unblock(name)
+        key = getattr(store, action)(name)
     finally:
         store.close()
     if json_output:
         print_json(_key_dict(key))
         return
-    out.print(f"Unblocked key [bold]{escape(key.name)}[/]; its PRADA state starts afresh.")
+    out.print(message.format(name=escape(key.name)))
 
 
 @gateway_app.command("log")

@@ -10,14 +10,16 @@ training ones): PGD-Linf eps 8/255, 10 steps of 2/255 and 50 steps of 2.5 eps / 
 APGD-CE (100 steps).
 
 Rows per attack and model: ours (`ramparts`) with fp32 eager and compaction "exact" (the CPU default,
-today's behaviour); bf16 + channels_last + "bucketed"; bf16 + channels_last + torch.compile; bf16 +
-channels_last with compaction "off"; torchattacks (PGD, APGD) and ART (ProjectedGradientDescentPyTorch,
+today's behaviour); bf16 + channels_last + "bucketed" (the CUDA default); the same with "exact"; bf16 +
+channels_last + torch.compile; bf16 + channels_last with compaction "off"; torchattacks (PGD, APGD) and ART (ProjectedGradientDescentPyTorch,
 AutoProjectedGradientDescent) on the same fp32 model as a user has it; and the floor, bare forward +
 backward passes (gradient w.r.t. the input only) over the n images, in fp32 and in bf16 + channels_last,
 `--floor-steps` passes timed and scaled to the attack's steps. "x floor" divides a row's time by the
 floor over all n images; "x floor (attacked rows)" by the floor over the images ours attack at all (the
-others are misclassified at the start and cost only the clean and final evaluations): the measure of
-the loop's overhead that the compaction-off target uses. To fit ~8 minutes, ART (the slowest peer) runs
+others are misclassified at the start and cost only the clean and final evaluations); "loop x floor"
+divides the attack's own loop (`EvasionResult.elapsed_s`: the steps, between CUDA syncs, without the
+evaluator's clean and final predictions, which the floor has no passes for) by the floor over the
+attacked images: the measure of the loop's overhead that the compaction-off target uses. To fit ~8 minutes, ART (the slowest peer) runs
 on the standard model only (`--art-models`) and compaction-off rows on the standard model and the AT
 model's PGD-10 (elsewhere few samples leave early, so "off" equals "bucketed"); `--shadows`/`--hsj`
 sections are not included (see benchmarks/shadow_training.py, blackbox_peers.py).
@@ -68,15 +70,17 @@ from ramparts.threat import ThreatModel
 ARCH = "resnet18"
 INPUT_SHAPE = (3, 32, 32)
 SPEEDUP = {"standard": 3.0, "at": 1.8}  # issue 11: ours vs torchattacks at equal robust accuracy
-OFF_VS_FLOOR = 1.15  # compaction off: time <= 1.15 x the bf16 floor
+OFF_VS_FLOOR = 1.15  # compaction off: the attack loop <= 1.15 x the bf16 floor of the rows it attacks
 ACC_SLACK = 0.005  # "equal robust accuracy": ours <= torchattacks' + 0.5 points
 # Our settings: (precision, channels_last, compile, compaction)
 SETTINGS: dict[str, tuple[str, bool, bool, str]] = {
     "exact_fp32": ("fp32", False, False, "exact"),
     "bucketed_bf16": ("bf16", True, False, "bucketed"),
+    "exact_bf16": ("bf16", True, False, "exact"),
     "compiled_bf16": ("bf16", True, True, "bucketed"),
     "off_bf16": ("bf16", True, False, "off"),
 }
+DEFAULT_SETTING = "bucketed_bf16"  # what a user gets on CUDA with precision="bf16", channels_last=True
 
 Runner = Callable[[], tuple[Tensor, dict[str, Any]]]
 
@@ -543,7 +547,9 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             r["x_floor"] = r["time_s"] / floor["time_s"]
             r["floor_precision"] = precision
             if r.get("attacked"):
-                r["x_floor_attacked"] = r["time_s"] / (floor["time_s"] * r["attacked"] / r["n"])
+                attacked_floor = floor["time_s"] * r["attacked"] / r["n"]
+                r["x_floor_attacked"] = r["time_s"] / attacked_floor
+                r["loop_x_floor"] = r["loop_s"] / attacked_floor
 
 
 def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -582,15 +588,26 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "met": best is not None and best["speedup_vs_torchattacks"] >= SPEEDUP[model],
                     }
                 )
+                default = sec.get(DEFAULT_SETTING)
+                if default and "robust_accuracy" in default:
+                    equal = default["robust_accuracy"] <= ta["robust_accuracy"] + ACC_SLACK
+                    out.append(
+                        {
+                            "target": f"{model} {attack}: the same with the CUDA default ({DEFAULT_SETTING}, not compiled)",
+                            "value": f"{default['speedup_vs_torchattacks']:.2f}x, robust {100 * default['robust_accuracy']:.2f}%",
+                            "met": equal and default["speedup_vs_torchattacks"] >= SPEEDUP[model],
+                        }
+                    )
             off = sec.get("off_bf16")
-            if off and "x_floor_attacked" in off:
+            if off and "loop_x_floor" in off:
                 out.append(
                     {
-                        "target": f"{model} {attack}: compaction off within {OFF_VS_FLOOR}x the bf16 floor "
-                        "(over the samples it attacks)",
-                        "value": f"{off['x_floor_attacked']:.3f}x ({off['attacked']} of {off['n']} attacked; "
+                        "target": f"{model} {attack}: compaction off, the attack loop within {OFF_VS_FLOOR}x "
+                        "the bf16 floor of the samples it attacks",
+                        "value": f"{off['loop_x_floor']:.3f}x ({off['attacked']} of {off['n']} attacked; "
+                        f"the whole call with the clean and final evaluations {off['x_floor_attacked']:.3f}x, "
                         f"{off['x_floor']:.3f}x the floor over all {off['n']})",
-                        "met": off["x_floor_attacked"] <= OFF_VS_FLOOR,
+                        "met": off["loop_x_floor"] <= OFF_VS_FLOOR,
                     }
                 )
     return out
@@ -611,6 +628,7 @@ def table(res: dict[str, Any]) -> str:
         "x faster than torchattacks",
         "x floor",
         "x floor (attacked rows)",
+        "loop x floor (attacked rows)",
         "fwd / bwd passes",
         "max |d|inf",
     ]
@@ -618,7 +636,7 @@ def table(res: dict[str, Any]) -> str:
     for r in res["rows"]:
         if "time_s" not in r:
             why = r.get("error") or f"skipped ({r.get('skipped', '?')})"
-            lines.append([r["model"], r["attack"], r["label"], why[:80]] + [""] * 8)
+            lines.append([r["model"], r["attack"], r["label"], why[:80]] + [""] * 9)
             continue
         acc = (
             "—"
@@ -637,6 +655,7 @@ def table(res: dict[str, Any]) -> str:
                 fmt(r.get("speedup_vs_torchattacks"), ".2f"),
                 fmt(r.get("x_floor"), ".3f"),
                 fmt(r.get("x_floor_attacked"), ".3f"),
+                fmt(r.get("loop_x_floor"), ".3f"),
                 f"{r['forwards']} / {r['backwards']}" if "forwards" in r else "",
                 fmt(r.get("max_linf"), ".4f"),
             ]

@@ -26,7 +26,7 @@ difference from g=1's is reported for information).
     python benchmarks/multi_gpu.py --quick                                            # smoke test
     python benchmarks/multi_gpu.py --device cpu --quick --arch small_cnn --threads 1  # CPU workers
 
-`--oracle-options '{"precision": "bf16"}'` and `--pgd-options '{"compaction": "none"}'` pass keyword
+`--oracle-options '{"precision": "bf16"}'` and `--pgd-options '{"compaction": "off"}'` pass keyword
 arguments to `TorchOracle` and PGD as they are.
 """
 

@@ -139,14 +139,33 @@ def test_early_stop_saves_compute(name: str, digits_model: Trained) -> None:
     assert on.success_rate >= off.success_rate - 0.05
 
 
-def test_clean_misclassified_samples_cost_nothing(digits_model: Trained) -> None:
+def test_clean_misclassified_samples_cost_nothing(
+    digits_model: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Attack with a wrong label for the first sample: it is already "adversarial" at the start.
     y = digits_model.y.clone()
     y[0] = (y[0] + 1) % 10
-    result = ATTACKS.get("pgd")(steps=5)(digits_model.oracle, digits_model.x, y, ThreatModel(eps=0.05))
+    oracle = digits_model.oracle
+    evaluated: list[int] = []
+    log_probs = oracle.log_probs
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        evaluated.append(len(x))
+        return log_probs(x)
+
+    monkeypatch.setattr(oracle, "log_probs", spy)
+    result = ATTACKS.get("pgd")(steps=5)(oracle, digits_model.x, y, ThreatModel(eps=0.05))
     assert bool(result.success[0])
     assert int(result.backwards[0]) == 0
     assert torch.equal(result.x_adv[0], digits_model.x[0])
+    # The final check predicts only the rows the attack changed, and still reports every row right.
+    changed = int((result.x_adv != digits_model.x).flatten(1).any(dim=1).sum())
+    assert changed < len(y)
+    assert evaluated == [len(y), changed]
+    probs = digits_model.model(result.x_adv).softmax(dim=1)
+    assert torch.equal(result.adv_pred, probs.argmax(dim=1))
+    assert result.adv_conf is not None
+    assert torch.allclose(result.adv_conf, probs.amax(dim=1), atol=1e-5)
 
 
 class _Liar(EvasionAttack):

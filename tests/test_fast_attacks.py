@@ -1,6 +1,6 @@
 """The GPU speed options on the CPU: oracle precision, memory format and compilation; active-set compaction.
 
-Compaction must not change results: "bucketed" (masked rows, power-of-two shapes, the count read one
+Compaction must not change results: "bucketed" (masked rows, a ladder of shapes, the count read one
 step late) and "off" give the same adversarial examples, successes and per-sample charges as "exact".
 Bit for bit where the step uses the gradient's sign (linf); where it uses the gradient's values
 (MI-FGSM's L1 normalisation, l2 steps) up to the last float bit: the CPU's matrix kernels round
@@ -143,7 +143,22 @@ def test_compile_on_cpu(mode: str, digits_model: Trained) -> None:
 
 
 def test_bucket_sizes_and_selection() -> None:
-    assert [buckets.bucket(c) for c in (1, 2, 3, 5, 8, 9, 1000)] == [1, 2, 4, 8, 8, 16, 1024]
+    assert [buckets.bucket(c, 1) for c in (1, 2, 3, 5, 8, 9, 1000)] == [1, 2, 4, 8, 8, 16, 1024]
+    # Eight sizes per doubling above 16: 4,184 rows fit 4,608 (4,096 + 512); 4,096 is itself a size.
+    assert [buckets.bucket(c, 8) for c in (9, 16, 17, 900, 1000, 4096, 4097, 4184)] == [
+        16,
+        16,
+        18,
+        960,
+        1024,
+        4096,
+        4608,
+        4608,
+    ]
+    assert buckets.shrink_to(None, 100) is None
+    assert buckets.shrink_to(0, 100) == 0
+    assert buckets.shrink_to(90, 100) == 96
+    assert buckets.shrink_to(97, 100) is None  # 97 rows need 104: no smaller size holds them
     live = torch.tensor([False, True, False, True, True, False])
     assert buckets.select(live, 4).tolist() == [1, 3, 4, 0]
     margin = torch.tensor([0.5, -1.0, 2.0, 0.25, 0.5, -3.0])
@@ -179,18 +194,22 @@ def _same(a: EvasionResult, b: EvasionResult, bitwise: bool = True) -> None:
     assert a.budget_exhausted == b.budget_exhausted
 
 
-@pytest.mark.parametrize("name", sorted(DETERMINISTIC))
-def test_bucketed_and_off_equal_exact(
-    name: str, digits_model: Trained, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    shrinks: list[int] = []
+@pytest.fixture
+def shrinks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes the bucketed active sets shrink to during the test, in order."""
+    sizes: list[int] = []
     select = buckets.select
 
     def spy(live: torch.Tensor, size: int) -> torch.Tensor:
-        shrinks.append(size)
+        sizes.append(size)
         return select(live, size)
 
     monkeypatch.setattr(buckets, "select", spy)
+    return sizes
+
+
+@pytest.mark.parametrize("name", sorted(DETERMINISTIC))
+def test_bucketed_and_off_equal_exact(name: str, digits_model: Trained, shrinks: list[int]) -> None:
     exact = _run(name, "exact", digits_model)
     assert not shrinks
     bucketed = _run(name, "bucketed", digits_model)
@@ -198,9 +217,20 @@ def test_bucketed_and_off_equal_exact(
     _same(bucketed, exact, bitwise=name not in ROUNDING)
     _same(off, exact, bitwise=name not in ROUNDING)
     assert 0 < exact.success_rate < 1, "a setting where some samples finish early and others do not"
-    # The bucketed run did shrink, to powers of two only.
+    # The bucketed run did shrink, to ladder sizes only, each smaller than the last.
+    assert shrinks
+    assert all(buckets.bucket(s, buckets.PER_OCTAVE) == s for s in shrinks)
+    assert shrinks == sorted(set(shrinks), reverse=True)
+
+
+def test_cudnn_benchmark_keeps_power_of_two_shapes(
+    digits_model: Trained, shrinks: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    bucketed = _run("pgd", "bucketed", digits_model)
     assert shrinks
     assert all(s & (s - 1) == 0 for s in shrinks)
+    _same(bucketed, _run("pgd", "exact", digits_model))
 
 
 @pytest.mark.parametrize("name", ["pgd", "apgd"])

@@ -148,11 +148,13 @@ class APGD(EvasionAttack):
         for k in range(self.steps):
             if masked:
                 s["live"] = s["live"] & s["go_on"]
-                known = None if counter is None else counter.exchange(s["live"])
-                if known is not None and known <= len(s["idx"]) // 2:
-                    if known == 0:
-                        return
-                    keep = buckets.select(s["live"], buckets.bucket(known))
+                size = (
+                    None if counter is None else buckets.shrink_to(counter.exchange(s["live"]), len(s["idx"]))
+                )
+                if size == 0:
+                    return
+                if size is not None:
+                    keep = buckets.select(s["live"], size)
                     s = {key: value[keep] for key, value in s.items()}
                     crit, rows = crit[keep], s["idx"]
             elif ctx.early_stop:

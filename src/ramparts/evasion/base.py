@@ -253,7 +253,7 @@ class EvasionAttack(HasParams):
             if reporter is not None:
                 reporter(force=True)
             x_adv = threat.project(tracker.x, x)
-            adv_lp, adv_pred = _privileged(oracle, x_adv)
+            adv_lp, adv_pred = _privileged_changed(oracle, x_adv, x, clean_lp, clean_pred)
         success = _margin(criterion, adv_lp, adv_pred) < 0
         return EvasionResult(
             attack=self.name,
@@ -381,6 +381,25 @@ def _privileged(oracle: Oracle, x: Tensor) -> tuple[Tensor | None, Tensor]:
         lp = oracle.log_probs(x)
         return lp, lp.argmax(dim=1)
     return None, oracle.labels(x)
+
+
+def _privileged_changed(
+    oracle: Oracle, x_adv: Tensor, x: Tensor, clean_lp: Tensor | None, clean_pred: Tensor
+) -> tuple[Tensor | None, Tensor]:
+    """`_privileged` at `x_adv`, evaluating only the rows the attack changed: the others are the clean
+    inputs, already evaluated (on an adversarially trained model most rows of a PGD run are not attacked)."""
+    changed = (x_adv != x).flatten(1).any(dim=1)
+    if bool(changed.all()):
+        return _privileged(oracle, x_adv)
+    adv_lp = None if clean_lp is None else clean_lp.clone()
+    adv_pred = clean_pred.clone()
+    rows = changed.nonzero()[:, 0]
+    if len(rows):
+        lp, pred = _privileged(oracle, x_adv[rows])
+        if adv_lp is not None and lp is not None:
+            adv_lp[rows] = lp
+        adv_pred[rows] = pred
+    return adv_lp, adv_pred
 
 
 def _margin(criterion: Criterion, log_probs: Tensor | None, pred: Tensor) -> Tensor:

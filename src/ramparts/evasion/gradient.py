@@ -3,7 +3,7 @@
 They share one batched loop (`iterate`): each step costs one forward and one backward pass for the
 samples still in play; with early stopping, a sample stops as soon as it reaches the goal. How finished
 samples leave the batch is `compaction` (see `ramparts.evasion.buckets`): `"exact"` at once (the CPU
-default), `"bucketed"` in a few power-of-two shapes without a host sync per step (the CUDA default),
+default), `"bucketed"` in a ladder of shapes without a host sync per step (the CUDA default),
 `"off"` never (finished rows keep being computed, uncharged). All three give the same result.
 """
 
@@ -107,7 +107,7 @@ def _iterate_masked(
     shrink: bool,
 ) -> None:
     """`iterate` with early stopping by a live mask: finished rows stay in the batch, uncharged and
-    never offered; with `shrink`, the batch drops to a power-of-two bucket once half of it is finished."""
+    never offered; with `shrink`, the batch drops to a smaller ladder size once one holds the live rows."""
     box = cast(WhiteBox, ctx.box)
     threat = ctx.threat
     x0, x_adv, crit = ctx.x[idx], x_start, ctx.criterion[idx]
@@ -121,11 +121,11 @@ def _iterate_masked(
         margin = crit.margin_from_logits(logits)
         ctx.tracker.offer(rows, x_adv, buckets.masked(margin, live))
         live = live & buckets.goes_on(margin, logits, box.tolerance)
-        known = None if counter is None else counter.exchange(live)
-        if known is not None and known <= len(live) // 2:
-            if known == 0:
-                return
-            keep = buckets.select(live, buckets.bucket(known))
+        size = None if counter is None else buckets.shrink_to(counter.exchange(live), len(live))
+        if size == 0:
+            return
+        if size is not None:
+            keep = buckets.select(live, size)
             idx, x0, x_adv, grad, crit, live = (
                 idx[keep],
                 x0[keep],

@@ -251,10 +251,15 @@ def create_app(gateway: Gateway) -> FastAPI:
         errors = exc.errors()
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        kind = first.get("type", "")
-        message = (
-            "the body is not valid JSON" if kind == "json_invalid" else str(first.get("msg", "invalid body"))
-        )
+        if first.get("type") == "json_invalid":
+            # pydantic's location is then the character offset of the syntax error, not a field.
+            where = f" at character {loc[0]}" if loc else ""
+            message, loc = (
+                f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'syntax error')}{where})",
+                [],
+            )
+        else:
+            message = str(first.get("msg", "invalid body"))
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more problem(s))"
         key = getattr(request.state, "key", None)

@@ -15,13 +15,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from ramparts import parallel, zoo
+from ramparts import zoo
 from ramparts.data import load_digits
 from ramparts.errors import RampartsTypeError, ValidationError
 from ramparts.evasion import ATTACKS
 from ramparts.evasion.sharded import ZooModel, evaluate_sharded, robust_accuracy_curve
 from ramparts.oracles import TorchOracle
-from ramparts.parallel import DeviceExecutor, InProcessExecutor, TaskError, executor_for, worker_device
+from ramparts.parallel import (
+    DeviceExecutor,
+    InProcessExecutor,
+    TaskError,
+    devices,
+    executor_for,
+    worker_device,
+)
 from ramparts.privacy import ShadowRecipe, train_shadows
 from ramparts.threat import ThreatModel
 from ramparts.training import TrainConfig, train
@@ -191,15 +198,15 @@ def test_all_without_a_gpu_says_what_to_do() -> None:
 def test_each_gpu_worker_sees_only_its_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """The environment a worker starts with (GPU workers cannot start here: no GPU)."""
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert parallel._worker_environ("cuda:1", 4) == {
+    assert devices._worker_environ("cuda:1", 4) == {
         "CUDA_VISIBLE_DEVICES": "1",
         "OMP_NUM_THREADS": "4",
         "MKL_NUM_THREADS": "4",
     }
-    assert parallel._worker_environ("cpu", 1)["CUDA_VISIBLE_DEVICES"] == ""
+    assert devices._worker_environ("cpu", 1)["CUDA_VISIBLE_DEVICES"] == ""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, GPU-5e1f")  # cuda:N is the Nth GPU this process sees
-    assert parallel._worker_environ("cuda:0", 1)["CUDA_VISIBLE_DEVICES"] == "3"
-    assert parallel._worker_environ("cuda:1", 1)["CUDA_VISIBLE_DEVICES"] == "GPU-5e1f"
+    assert devices._worker_environ("cuda:0", 1)["CUDA_VISIBLE_DEVICES"] == "3"
+    assert devices._worker_environ("cuda:1", 1)["CUDA_VISIBLE_DEVICES"] == "GPU-5e1f"
 
 
 def test_starting_workers_leaves_this_process_environment_alone() -> None:

@@ -1,208 +1,39 @@
-"""Executors for embarrassingly parallel work: in this process by default, on local devices or a Ray
-cluster on request.
-
-``executor_for(None)`` runs tasks one after the other here; ``executor_for("gpus")`` (or ``"gpus:N"``,
-``"cpus:N"``) runs them in one worker process per local device (:class:`DeviceExecutor`);
-``executor_for("auto")`` or ``executor_for("HOST:PORT")`` (the CLI's ``--ray``) runs them as Ray tasks on
-a running cluster. All yield ``(index, result)`` pairs as each task finishes, so a caller can record
-results one by one.
-
-Rules for the task function and its data on Ray:
-
-- ``fn`` must be a module-level function of an installed module: Ray pickles it by reference, and each
-  worker imports it by name. Every node therefore needs the same ramparts version (and the module
-  holding ``fn``) installed, or ships it with ``runtime_env={"py_modules": [...]}`` or
-  ``{"working_dir": ...}``.
-- Items and results travel through Ray's object store, serialised by Ray (pickle) between the
-  processes of the user's own cluster. This is not loading untrusted files: only run it on a cluster
-  you control, as with any Ray job.
-
-The same holds for :class:`DeviceExecutor`: ``fn`` must be importable by name (its workers are spawned,
-not forked), and items and results are pickled between this process and its own workers, their tensors
-passed through shared memory.
-"""
+"""Local devices: one spawned worker process per GPU (or CPU slot), tasks dealt to whichever is free."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import copy
-import dataclasses
 import logging
 import os
 import pickle
 import re
-import socket
 import time
 import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import torch
-from torch import Tensor
 
-from ramparts.errors import RampartsError, RampartsTypeError, invalid
-
-__all__ = [
-    "ClusterError",
-    "DeviceExecutor",
-    "Executor",
-    "InProcessExecutor",
-    "RayExecutor",
-    "RayUnavailableError",
-    "TaskError",
-    "deterministic",
-    "executor_for",
-    "worker_device",
-]
+from ramparts.errors import invalid
+from ramparts.parallel.base import (
+    R,
+    T,
+    TaskError,
+    check_module_level,
+    check_resources,
+    map_tensors,
+    outbound,
+    short_repr,
+)
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
-
-_INSTALL_FIX = "install Ray with `pip install 'ramparts[ray]'`, or leave out --ray to run in this process."
-_ADDRESS_FORMS = (
-    "'auto', 'HOST:PORT' (the head's GCS port, 6379 by default) or 'ray://HOST:PORT' (Ray Client)"
-)
-_ADDRESS = re.compile(r"^(?:ray://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
-_PROBE_TIMEOUT_S = 5.0
-_DEVICE_SPEC = re.compile(r"^(?P<kind>gpus|cpus)(?::(?P<count>\d+))?$")
 _DEVICE = re.compile(r"^(?:cpu|cuda(?::(?P<index>\d+))?)$")
 _JOIN_TIMEOUT_S = 10.0
-
-
-class ClusterError(RampartsError, ConnectionError):
-    """The Ray cluster named by ``--ray`` cannot be reached."""
-
-
-class RayUnavailableError(RampartsError, ImportError):
-    """``--ray`` was given but Ray is not installed."""
-
-
-class TaskError(RampartsError, RuntimeError):
-    """A task failed in a :class:`DeviceExecutor` worker, or its worker died; names the task and device.
-
-    The worker's traceback is in the message; ``__cause__`` is the original exception where it could be
-    sent back.
-    """
-
-
-class Executor(Protocol):
-    """Runs ``fn`` over items; yields ``(index, result)`` as each task finishes."""
-
-    name: str
-
-    def map(
-        self, fn: Callable[[T], R], items: Sequence[T], *, num_cpus: float = 1, num_gpus: float = 0
-    ) -> Iterator[tuple[int, R]]:
-        """Yield ``(index into items, fn(item))`` in completion order; a failed task re-raises its error."""
-        ...
-
-    def close(self) -> None:
-        """Release the executor's resources."""
-        ...
-
-
-class InProcessExecutor:
-    """Runs the tasks in order in this process; ``num_cpus`` and ``num_gpus`` are only checked."""
-
-    name = "in-process"
-
-    def map(
-        self, fn: Callable[[T], R], items: Sequence[T], *, num_cpus: float = 1, num_gpus: float = 0
-    ) -> Iterator[tuple[int, R]]:
-        """Yield ``(i, fn(items[i]))`` for each item in order; an exception gets a note naming the item."""
-        _check_resources(num_cpus, num_gpus)
-        return self._run(fn, list(items))
-
-    def _run(self, fn: Callable[[T], R], items: list[T]) -> Iterator[tuple[int, R]]:
-        for index, item in enumerate(items):
-            try:
-                result = fn(item)
-            except Exception as exc:
-                exc.add_note(_failed_note(index, item))
-                raise
-            yield index, result
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-
-class RayExecutor:
-    """Runs each item as one Ray task on a running cluster; yields results as tasks finish.
-
-    ``address`` is ``"auto"`` (the cluster started on this machine with ``ray start``), ``"HOST:PORT"``
-    (the head's GCS address) or ``"ray://HOST:PORT"`` (Ray Client). The executor only connects: it never
-    starts a cluster, and :meth:`close` disconnects this driver without stopping the cluster.
-    ``runtime_env`` is passed to ``ray.init`` (e.g. ``{"py_modules": [...]}`` to ship code to nodes).
-    """
-
-    name = "ray"
-
-    def __init__(self, address: str, *, runtime_env: dict[str, Any] | None = None) -> None:
-        host_port = _parse_address(address)
-        ray = _import_ray(address)
-        if ray.is_initialized():
-            raise invalid(
-                "--ray",
-                address,
-                "a process not yet connected to Ray",
-                "close the other RayExecutor (or call ray.shutdown()) before creating a new one.",
-                cls=ClusterError,
-            )
-        if host_port is not None:
-            _probe(address, *host_port)
-        try:
-            ray.init(address=address, runtime_env=runtime_env, configure_logging=False)
-        except ConnectionError as exc:
-            raise _unreachable(address, str(exc)) from exc
-        self.address = address
-        self._ray = ray
-        self._remote = ray.remote(_call)
-
-    def map(
-        self, fn: Callable[[T], R], items: Sequence[T], *, num_cpus: float = 1, num_gpus: float = 0
-    ) -> Iterator[tuple[int, R]]:
-        """Submit one task per item (``num_cpus``/``num_gpus`` each); yield ``(i, result)`` as each ends.
-
-        Tasks are submitted at once. On a task's failure, or when the caller stops iterating, the tasks
-        still pending are cancelled.
-        """
-        _check_module_level(fn)
-        _check_resources(num_cpus, num_gpus)
-        items = list(items)
-        fn_ref = self._ray.put(fn)
-        name = getattr(fn, "__qualname__", "task")
-        remote = self._remote.options(num_cpus=num_cpus, num_gpus=num_gpus, name=f"ramparts:{name}")
-        refs = [remote.remote(fn_ref, _map_tensors(item, _outbound)) for item in items]
-        return self._stream(refs, items)
-
-    def _stream(self, refs: list[Any], items: list[Any]) -> Iterator[tuple[int, Any]]:
-        ray = self._ray
-        index_of = {ref: i for i, ref in enumerate(refs)}
-        pending = list(refs)
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                index = index_of[done[0]]
-                try:
-                    result = ray.get(done[0])
-                except Exception as exc:
-                    exc.add_note(_failed_note(index, items[index]))
-                    raise
-                yield index, result
-        finally:
-            if pending and ray.is_initialized():
-                for ref in pending:
-                    ray.cancel(ref)
-
-    def close(self) -> None:
-        """Disconnect this driver from the cluster; the cluster keeps running."""
-        self._ray.shutdown()
 
 
 class DeviceExecutor:
@@ -243,7 +74,7 @@ class DeviceExecutor:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise invalid("threads", threads, "an integer >= 1 (torch threads per worker) or None")
         if initializer is not None:
-            _check_module_level(initializer, "initializer", "workers import")
+            check_module_level(initializer, "initializer", "workers import")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise invalid("prefetch", prefetch, "an integer >= 0 (tasks sent ahead to each worker)")
         if not start_timeout_s > 0:
@@ -315,8 +146,8 @@ class DeviceExecutor:
         ``num_cpus`` is only checked; ``num_gpus > 0`` needs GPU workers (one task per worker at a time).
         When the caller stops iterating, the tasks still running finish and their results are dropped.
         """
-        _check_module_level(fn, "fn", "workers import")
-        _check_resources(num_cpus, num_gpus)
+        check_module_level(fn, "fn", "workers import")
+        check_resources(num_cpus, num_gpus)
         if num_gpus > 0 and "cpu" in self.devices:
             raise invalid(
                 "num_gpus",
@@ -357,7 +188,7 @@ class DeviceExecutor:
                 _, _, text, original = message
                 raise TaskError(
                     f"parallel task {index} failed on {self.devices[slot]} "
-                    f"(item {_short_repr(items[index])}): {text}"
+                    f"(item {short_repr(items[index])}): {text}"
                 ) from original
             pending -= 1
             self._deal(call, fn, items, todo)
@@ -374,7 +205,7 @@ class DeviceExecutor:
                     continue
                 index = todo.popleft()
                 try:
-                    self._conns[slot].send(((call, index), fn, _map_tensors(items[index], _outbound)))
+                    self._conns[slot].send(((call, index), fn, map_tensors(items[index], outbound)))
                 except (BrokenPipeError, ConnectionResetError):  # it died: its tasks are reported on receipt
                     todo.appendleft(index)
                     self._alive[slot] = False
@@ -420,95 +251,6 @@ class DeviceExecutor:
         atexit.unregister(self._finalizer)
         self._finalizer()
 
-
-def executor_for(ray: str | None) -> Executor:
-    """The executor for the CLI's ``--ray`` value: ``None`` runs in this process; ``"gpus"`` (every
-    visible GPU), ``"gpus:N"`` (the first N) or ``"cpus:N"`` (N CPU workers) in a :class:`DeviceExecutor`;
-    an address on Ray."""
-    if ray is None:
-        return InProcessExecutor()
-    match = _DEVICE_SPEC.match(ray) if isinstance(ray, str) else None
-    if match is None:
-        return RayExecutor(ray)
-    count = match["count"]
-    if match["kind"] == "gpus" and count is None:
-        return DeviceExecutor("all", param="--ray")
-    if count is None or int(count) < 1:
-        raise invalid("--ray", ray, "'gpus', 'gpus:N' or 'cpus:N' with N >= 1", "pass e.g. --ray cpus:4.")
-    kind = "cpu" if match["kind"] == "cpus" else "cuda"
-    return DeviceExecutor([kind if kind == "cpu" else f"cuda:{i}" for i in range(int(count))], param="--ray")
-
-
-def _call(fn: Callable[[T], R], item: T) -> R:
-    """The body of every Ray task: ``fn(item)``."""
-    return fn(item)
-
-
-def _import_ray(address: str) -> Any:
-    try:
-        import ray
-    except ImportError as exc:
-        raise invalid("--ray", address, "Ray to be installed", _INSTALL_FIX, cls=RayUnavailableError) from exc
-    return ray
-
-
-def _parse_address(address: object) -> tuple[str, int] | None:
-    """``(host, port)`` of an address, ``None`` for ``"auto"``; anything else is refused."""
-    if address == "auto":
-        return None
-    match = _ADDRESS.match(address) if isinstance(address, str) else None
-    if match is None:
-        raise invalid("--ray", address, _ADDRESS_FORMS, "pass e.g. --ray auto or --ray 10.0.0.5:6379.")
-    port = int(match["port"])
-    if not 1 <= port <= 65535:
-        raise invalid("--ray", address, "a port between 1 and 65535", "use the port the head printed.")
-    return match["host"].strip("[]"), port
-
-
-def _probe(address: str, host: str, port: int) -> None:
-    """Fail fast, with the fix, when nothing listens at the address (Ray itself retries for a while)."""
-    try:
-        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        raise _unreachable(address, str(exc)) from exc
-
-
-def _unreachable(address: str, reason: str) -> RampartsError:
-    fix = (
-        "start the cluster (`ray start --head` on the head node, `ray start --address=HEAD:6379` on the "
-        "others), check it with `ray status`, and pass the address the head printed to --ray."
-    )
-    return invalid(
-        "--ray", f"{address} ({reason})", "the address of a running Ray cluster", fix, cls=ClusterError
-    )
-
-
-def _check_module_level(fn: Callable[..., Any], param: str = "fn", who: str = "Ray imports") -> None:
-    """Refuse lambdas and nested functions: Ray would pickle them by value, with whatever they capture,
-    and spawned workers cannot import them at all."""
-    qualname = getattr(fn, "__qualname__", "")
-    if "<lambda>" in qualname or "<locals>" in qualname:
-        raise invalid(
-            param,
-            f"{fn.__module__}.{qualname}",
-            f"a function defined at module level in an importable module ({who} it by name)",
-            "move the function to the top level of a module installed on every node.",
-            cls=RampartsTypeError,
-        )
-
-
-def _check_resources(num_cpus: float, num_gpus: float) -> None:
-    for param, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-            raise invalid(param, value, "a number >= 0 (resources one task reserves)")
-
-
-def _failed_note(index: int, item: object) -> str:
-    return f"parallel task {index} failed on item {_short_repr(item)}"
-
-
-# --------------------------------------------------------------------------------- device workers
 
 _WORKER_DEVICE: torch.device | None = None  # set in a DeviceExecutor worker
 
@@ -657,45 +399,11 @@ def _sendable(exc: BaseException) -> BaseException | None:
     return exc
 
 
-def _map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    """``obj`` with ``fn`` applied to every tensor inside dicts, lists, tuples and dataclasses."""
-    if isinstance(obj, Tensor):
-        return fn(obj)
-    if isinstance(obj, dict):
-        out = copy.copy(obj)  # keeps the type and attributes (a state dict's _metadata)
-        for key, value in obj.items():
-            out[key] = _map_tensors(value, fn)
-        return out
-    if isinstance(obj, list):
-        return [_map_tensors(v, fn) for v in obj]
-    if isinstance(obj, tuple):
-        values = [_map_tensors(v, fn) for v in obj]
-        return type(obj)(*values) if hasattr(obj, "_fields") else type(obj)(values)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        changes = {f.name: _map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj) if f.init}
-        return dataclasses.replace(obj, **changes)
-    return obj
-
-
-def _outbound(t: Tensor) -> Tensor:
-    """A tensor as it goes to a worker: on the CPU (a worker cannot open another GPU's memory), detached,
-    and a view of a larger storage copied out (the whole storage would travel otherwise)."""
-    t = t.detach().cpu()
-    if t.untyped_storage().nbytes() > t.numel() * t.element_size():
-        t = t.clone(memory_format=torch.contiguous_format)
-    return t
-
-
 def _to_cpu(obj: Any) -> Any:
     """Results leave a worker on the CPU, detached (CUDA tensors would need the worker alive to be read)."""
-    return _map_tensors(obj, lambda t: t.detach().cpu())
+    return map_tensors(obj, lambda t: t.detach().cpu())
 
 
 def _own(obj: Any) -> Any:
     """Copy received tensors out of shared memory, which holds a file descriptor per tensor open."""
-    return _map_tensors(obj, lambda t: t.clone() if t.is_shared() else t)
-
-
-def _short_repr(item: object) -> str:
-    text = repr(item)
-    return text if len(text) <= 200 else text[:197] + "..."
+    return map_tensors(obj, lambda t: t.clone() if t.is_shared() else t)

@@ -23,7 +23,6 @@ import contextlib
 import importlib.metadata
 import json
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -43,6 +42,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 from ramparts.data import load_digits
+from ramparts.gateway.process import ServeProcess
 from ramparts.gateway.store import Store
 from ramparts.zoo import build, save_model
 
@@ -162,49 +162,6 @@ def add_keys(db: Path, names: list[str]) -> list[str]:
 
 def requests_per_client(args: argparse.Namespace, batch: int) -> int:
     return args.requests if batch == 1 else args.batched_requests
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    url: str
-    output: Path
-
-    @classmethod
-    def start(cls, config: Path, port: int, work: Path) -> Server:
-        output = work / f"serve-{port}.log"
-        with output.open("ab") as sink:
-            proc = subprocess.Popen(
-                [str(RAMPARTS), "serve", "--config", str(config)],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                env=CHILD_ENV,
-                cwd=work,
-            )
-        server = cls(proc, f"http://127.0.0.1:{port}", output)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ramparts serve exited with {proc.returncode}:\n{output.read_text()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200:
-                    return server
-            time.sleep(0.2)
-        server.kill()
-        raise RuntimeError(f"ramparts serve did not come up:\n{output.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
 
 
 # ------------------------------------------------------------------------------------------- the load
@@ -350,19 +307,19 @@ def prada_queries(db: Path) -> dict[str, int]:
 
 def prepare(
     work: Path, model: Path, args: argparse.Namespace, tag: str, prada: bool, batch: int
-) -> tuple[Path, Path, int, list[str], list[list[bytes]], dict[str, Any]]:
-    """Database, config file, port, client tokens and request bodies of one run, and its server settings."""
+) -> tuple[Path, Path, list[str], list[list[bytes]], dict[str, Any]]:
+    """Database, config file (on a free port), client tokens and request bodies of one run, and its server
+    settings."""
     db = work / f"{tag}.db"
-    port = free_port()
     config = work / f"{tag}.toml"
-    settings = write_config(config, model, db, port, prada, args.min_samples)
+    settings = write_config(config, model, db, free_port(), prada, args.min_samples)
     tokens = add_keys(db, [f"client{i:02d}" for i in range(args.clients)])
     bodies = payloads(args.clients, requests_per_client(args, batch), batch, args.seed)
     shown = {k: v for k, v in settings.items() if k not in ("model", "db", "port")}
-    return db, config, port, tokens, bodies, shown
+    return db, config, tokens, bodies, shown
 
 
-def warm_up(server: Server, db: Path, bodies: list[list[bytes]]) -> None:
+def warm_up(server: ServeProcess, db: Path, bodies: list[list[bytes]]) -> None:
     """One request with a key of its own, so that the first measured request does not pay for lazy setup."""
     answer = httpx.post(
         f"{server.url}/v1/predict",
@@ -377,8 +334,8 @@ def warm_up(server: Server, db: Path, bodies: list[list[bytes]]) -> None:
 def load_run(work: Path, model: Path, args: argparse.Namespace, prada: bool, batch: int) -> dict[str, Any]:
     """One measured run to the end, a clean stop, and the log checked against what was acknowledged."""
     tag = f"prada-{'on' if prada else 'off'}-b{batch}"
-    db, config, port, tokens, bodies, shown = prepare(work, model, args, tag, prada, batch)
-    server = Server.start(config, port, work)
+    db, config, tokens, bodies, shown = prepare(work, model, args, tag, prada, batch)
+    server = ServeProcess.start(config, work, env=CHILD_ENV, wait_s=120)
     try:
         warm_up(server, db, bodies)
         load = asyncio.run(run_load(server.url, tokens, bodies, batch, args.max_seconds))
@@ -404,9 +361,9 @@ def load_run(work: Path, model: Path, args: argparse.Namespace, prada: bool, bat
 def kill_run(work: Path, model: Path, args: argparse.Namespace, batch: int) -> dict[str, Any]:
     """kill -9 once half the run is in the log, restart on the same database, check what survived."""
     tag = f"prada-on-b{batch}-kill"
-    db, config, port, tokens, bodies, shown = prepare(work, model, args, tag, True, batch)
+    db, config, tokens, bodies, shown = prepare(work, model, args, tag, True, batch)
     planned = args.clients * requests_per_client(args, batch)
-    server = Server.start(config, port, work)
+    server = ServeProcess.start(config, work, env=CHILD_ENV, wait_s=120)
     try:
         warm_up(server, db, bodies)
         killer = threading.Thread(target=_kill_when_logged, args=(server, db, planned // 2), daemon=True)
@@ -419,7 +376,7 @@ def kill_run(work: Path, model: Path, args: argparse.Namespace, batch: int) -> d
     logged = logged_requests(db)
     stream, logged_rows = prada_stream_rows(db), rows_per_key(logged)
     # Restart; one more request per key must find PRADA's state rebuilt from the whole stream.
-    restarted = Server.start(config, port, work)
+    restarted = ServeProcess.start(config, work, env=CHILD_ENV, wait_s=120)
     try:
         probes = [
             httpx.post(f"{restarted.url}/v1/predict", content=b[-1], headers=_auth(t), timeout=30).status_code
@@ -453,7 +410,7 @@ def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
 
-def _kill_when_logged(server: Server, db: Path, half: int) -> None:
+def _kill_when_logged(server: ServeProcess, db: Path, half: int) -> None:
     """SIGKILL the server once `half` requests are in its log (the clients do not know when it comes)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

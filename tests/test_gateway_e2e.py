@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch import nn
 from ramparts.data import Dataset, load_digits
 from ramparts.defenses.prada import Prada
 from ramparts.gateway.logview import summarize
+from ramparts.gateway.process import ServeError, ServeProcess
 from ramparts.gateway.store import Store
 from ramparts.oracles.http import HttpConfig, HttpOracle, OracleResponseError
 from ramparts.theft.jacobian import JacobianAugmentation
@@ -121,16 +121,10 @@ def gateway_log(db: Path, *options: str) -> Any:
 
 
 @dataclass
-class Server:
-    """One `ramparts serve` process and its base URL; its output goes to `output`."""
+class Server(ServeProcess):
+    """A `ServeProcess` that also closes the HTTP clients the test opened on it when it stops."""
 
-    proc: subprocess.Popen[bytes]
-    url: str
-    output: Path
     clients: list[httpx.Client] = field(default_factory=list)
-
-    def text(self) -> str:
-        return self.output.read_text(encoding="utf-8", errors="replace")
 
     def client(self, token: str | None = None, timeout: float = 30.0) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -138,46 +132,15 @@ class Server:
         self.clients.append(c)
         return c
 
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 20.0) -> None:
         for c in self.clients:
             c.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        super().stop(timeout_s)
 
 
-def start_server(config: Path, workdir: Path, *, wait_s: float = 90.0) -> Server:
+def start_server(config: Path, workdir: Path) -> Server:
     """Start `ramparts serve --config CONFIG` (host and port come from the file) and wait for /healthz."""
-    port = tomllib.loads(config.read_text(encoding="utf-8"))["port"]
-    output = workdir / f"serve-{port}-{time.monotonic_ns()}.log"
-    with output.open("wb") as sink:
-        proc = subprocess.Popen(
-            [str(RAMPARTS), "serve", "--config", str(config)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=CHILD_ENV,
-            cwd=workdir,
-        )
-    server = Server(proc, f"http://127.0.0.1:{port}", output)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"ramparts serve exited with {proc.returncode}:\n{server.text()}")
-        try:
-            if httpx.get(f"{server.url}/healthz", timeout=2.0).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise AssertionError(f"ramparts serve did not answer /healthz in {wait_s:g} s:\n{server.text()}")
+    return Server.start(config, workdir, env=CHILD_ENV)
 
 
 def gateway_settings(model: Path, db: Path, port: int, **tables: Mapping[str, Any]) -> dict[str, Any]:
@@ -429,3 +392,12 @@ def test_kill_9_mid_load_loses_no_acknowledged_request(gateway_model: Path, tmp_
         stats = key_summary(after, c.name)["prada"]
         assert stats == expected[c.name].stats(c.name)
         assert stats["num_distances"] >= MIN_SAMPLES
+
+
+def test_a_server_that_cannot_start_is_reported_with_its_output(tmp_path: Path) -> None:
+    # A model folder with no model in it: `ramparts serve` refuses the configuration and exits.
+    (tmp_path / "empty").mkdir()
+    settings = gateway_settings(tmp_path / "empty", tmp_path / "g.db", free_port())
+    config = write_config(tmp_path / "gateway.toml", settings)
+    with pytest.raises(ServeError, match=r"ramparts serve exited with [1-9].*\n(.|\n)*model"):
+        start_server(config, tmp_path)

@@ -3,7 +3,8 @@
 `config` (TOML + environment), `keys` (hashed tokens), `store` (SQLite: keys, log, PRADA streams), `limits`
 (token buckets), `inputs` (validation at the boundary), `model` (loading, detection policies, HE), `outputs`
 (output modes), `service` (the order of work and durability), `metrics` (Prometheus), `app` (FastAPI and
-uvicorn), `logview` (summaries for `ramparts gateway log`).
+uvicorn), `logview` (summaries for `ramparts gateway log`), `process` (`ramparts serve` as a child process, for
+scripts and integration tests).
 """
 
 from ramparts.gateway.app import build_server, create_app

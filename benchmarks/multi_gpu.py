@@ -38,6 +38,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,13 +190,27 @@ def compare(results: list[EvasionResult], reference: list[EvasionResult]) -> dic
 def eval_section(
     args: argparse.Namespace, gpus: list[int], prefix: Path, x: Tensor, y: Tensor, out: dict[str, Any]
 ) -> None:
-    reference: list[EvasionResult] | None = None
+    over_gpu_counts(
+        "eval", args, gpus, out, lambda g, reference: eval_run(args, g, prefix, x, y, reference, out)
+    )
+
+
+def over_gpu_counts(
+    section: str,
+    args: argparse.Namespace,
+    gpus: list[int],
+    out: dict[str, Any],
+    run: Callable[[int, Any], Any],
+) -> None:
+    """`run(g, reference)` for each GPU count, the first run's result the reference of the others; a
+    failing count is recorded in `out["errors"]` and the others go on; the JSON is rewritten after each."""
+    reference = None
     for g in gpus:
         try:
-            reference = eval_run(args, g, prefix, x, y, reference, out)
+            reference = run(g, reference)
         except Exception as exc:  # keep the other g's results
-            say(f"eval g={g} FAILED: {exc!r}")
-            out["errors"].append({"section": "eval", "g": g, "error": repr(exc)})
+            say(f"{section} g={g} FAILED: {exc!r}")
+            out["errors"].append({"section": section, "g": g, "error": repr(exc)})
         write(args, out)
 
 
@@ -271,14 +286,13 @@ def shadow_section(
         precision=args.shadow_precision,
     )
     device = "cuda" if args.device == "cuda" else "cpu"
-    reference: list[dict[str, Tensor]] | None = None
-    for g in gpus:
-        try:
-            reference = shadow_run(args, g, data, recipe, device, reference, out)
-        except Exception as exc:  # keep the other g's results
-            say(f"shadows g={g} FAILED: {exc!r}")
-            out["errors"].append({"section": "shadows", "g": g, "error": repr(exc)})
-        write(args, out)
+    over_gpu_counts(
+        "shadows",
+        args,
+        gpus,
+        out,
+        lambda g, reference: shadow_run(args, g, data, recipe, device, reference, out),
+    )
 
 
 def shadow_run(

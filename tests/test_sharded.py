@@ -33,17 +33,9 @@ from ramparts.privacy import ShadowRecipe, train_shadows
 from ramparts.threat import ThreatModel
 from ramparts.training import TrainConfig, train
 
+from .test_parallel import fail_on_three, square
+
 CONFIG = {"in_channels": 1, "input_size": 8, "num_classes": 10, "width": 8, "hidden": 32}
-
-
-def square(x: int) -> int:
-    return x * x
-
-
-def fail_on_three(x: int) -> int:
-    if x == 3:
-        raise ValueError(f"three is not allowed, got {x}")
-    return x
 
 
 def die(code: int) -> int:

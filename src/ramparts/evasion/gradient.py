@@ -57,11 +57,11 @@ def iterate(
 
     Every iterate is offered to the tracker (its logits come free with the gradient), and the last one
     after a final forward pass. With `momentum > 0` the L1-normalised gradients accumulate (MI-FGSM).
-    `compaction` ("exact", "bucketed", "off"; resolved already) only matters with early stopping.
+    `compaction` ("exact", "bucketed", "off"; resolved already) only matters with early stopping: with
+    "exact" finished samples leave at once; otherwise they stay in the batch under the `live` mask,
+    uncharged and never offered, and with "bucketed" the batch drops to a smaller ladder size once one
+    holds the live rows.
     """
-    if ctx.early_stop and compaction != "exact":
-        _iterate_masked(ctx, x_start, idx, steps, step_size, loss, momentum, compaction == "bucketed")
-        return
     box = cast(WhiteBox, ctx.box)
     threat = ctx.threat
     x0, x_adv, crit = ctx.x[idx], x_start, ctx.criterion[idx]
@@ -69,24 +69,37 @@ def iterate(
     rows: Tensor | None = None if len(idx) == len(ctx.x) else idx
     velocity = torch.zeros_like(x_adv) if momentum else None
     project = threat.projector(x0)
+    masked = ctx.early_stop and compaction != "exact"
+    live = torch.ones(len(idx), dtype=torch.bool, device=idx.device) if masked else None
+    counter = buckets.LaggedCount(idx.device) if masked and compaction == "bucketed" else None
     for _ in range(steps):
-        logits, grad = box.value_and_grad(x_adv, loss_fn(crit, loss), rows)
+        logits, grad = box.value_and_grad(x_adv, loss_fn(crit, loss), rows, active=live)
         margin = crit.margin_from_logits(logits)
-        ctx.tracker.offer(rows, x_adv, margin)
+        ctx.tracker.offer(rows, x_adv, margin if live is None else buckets.masked(margin, live))
+        keep: Tensor | None = None
         if ctx.early_stop:
-            keep = buckets.goes_on(margin, logits, box.tolerance)
-            if not bool(keep.all()):
-                idx, x0, x_adv, grad, crit = idx[keep], x0[keep], x_adv[keep], grad[keep], crit[keep]
-                rows, project = idx, threat.projector(x0)
-                if velocity is not None:
-                    velocity = velocity[keep]
-                if len(idx) == 0:
-                    return
+            going = buckets.goes_on(margin, logits, box.tolerance)
+            if live is None:
+                keep = None if bool(going.all()) else going
+            else:
+                live = live & going
+                size = None if counter is None else buckets.shrink_to(counter.exchange(live), len(live))
+                keep = None if size is None else buckets.select(live, size)
+        if keep is not None:
+            idx, x0, x_adv, grad, crit = idx[keep], x0[keep], x_adv[keep], grad[keep], crit[keep]
+            rows, project = idx, threat.projector(x0)
+            if live is not None:
+                live = live[keep]
+            if velocity is not None:
+                velocity = velocity[keep]
+            if len(idx) == 0:
+                return
         if velocity is not None:
             grad, velocity = _momentum(grad, velocity, momentum)
         x_adv = project(x_adv.add(ascent_direction(grad, threat.norm), alpha=step_size))
-    logits = box.logits(x_adv, rows)
-    ctx.tracker.offer(rows, x_adv, crit.margin_from_logits(logits))
+    logits = box.logits(x_adv, rows, active=live)
+    margin = crit.margin_from_logits(logits)
+    ctx.tracker.offer(rows, x_adv, margin if live is None else buckets.masked(margin, live))
 
 
 def _momentum(grad: Tensor, velocity: Tensor, decay: float) -> tuple[Tensor, Tensor]:
@@ -94,54 +107,6 @@ def _momentum(grad: Tensor, velocity: Tensor, decay: float) -> tuple[Tensor, Ten
     l1 = grad.abs().flatten(1).sum(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
     velocity = decay * velocity + grad / l1
     return velocity, velocity
-
-
-def _iterate_masked(
-    ctx: AttackContext,
-    x_start: Tensor,
-    idx: Tensor,
-    steps: int,
-    step_size: float,
-    loss: str,
-    momentum: float,
-    shrink: bool,
-) -> None:
-    """`iterate` with early stopping by a live mask: finished rows stay in the batch, uncharged and
-    never offered; with `shrink`, the batch drops to a smaller ladder size once one holds the live rows."""
-    box = cast(WhiteBox, ctx.box)
-    threat = ctx.threat
-    x0, x_adv, crit = ctx.x[idx], x_start, ctx.criterion[idx]
-    rows: Tensor | None = None if len(idx) == len(ctx.x) else idx
-    velocity = torch.zeros_like(x_adv) if momentum else None
-    project = threat.projector(x0)
-    live = torch.ones(len(idx), dtype=torch.bool, device=idx.device)
-    counter = buckets.LaggedCount(idx.device) if shrink else None
-    for _ in range(steps):
-        logits, grad = box.value_and_grad(x_adv, loss_fn(crit, loss), rows, active=live)
-        margin = crit.margin_from_logits(logits)
-        ctx.tracker.offer(rows, x_adv, buckets.masked(margin, live))
-        live = live & buckets.goes_on(margin, logits, box.tolerance)
-        size = None if counter is None else buckets.shrink_to(counter.exchange(live), len(live))
-        if size == 0:
-            return
-        if size is not None:
-            keep = buckets.select(live, size)
-            idx, x0, x_adv, grad, crit, live = (
-                idx[keep],
-                x0[keep],
-                x_adv[keep],
-                grad[keep],
-                crit[keep],
-                live[keep],
-            )
-            rows, project = idx, threat.projector(x0)
-            if velocity is not None:
-                velocity = velocity[keep]
-        if velocity is not None:
-            grad, velocity = _momentum(grad, velocity, momentum)
-        x_adv = project(x_adv.add(ascent_direction(grad, threat.norm), alpha=step_size))
-    logits = box.logits(x_adv, rows, active=live)
-    ctx.tracker.offer(rows, x_adv, buckets.masked(crit.margin_from_logits(logits), live))
 
 
 @register("fgsm")
